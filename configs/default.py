@@ -1,0 +1,43 @@
+"""Full-size training on the real Kaggle data (set --config.kaggle_dir=DIR)."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    # Data.
+    config.kaggle_dir = ""  # Folder in Kaggle layout: train/, test/.
+    config.tfds_data_dir = ""  # Prepared TFDS records; "" = <workdir>/tfds.
+    config.image_size = (128, 176)  # (rows, cols) fed to the model; 420x580 is ~ 0.72 aspect.
+    config.num_folds = 5  # Validation = one fold of subjects.
+    config.fold = 0
+    config.split_seed = 0
+    config.shuffle_buffer = 16384
+
+    # Model.
+    config.model = ml_collections.ConfigDict()
+    config.model.depth = 4
+    config.model.base_features = 32
+    config.model.upsample = "pixel_shuffle"  # or "transpose" (same function class).
+    config.model.dtype = "float32"
+
+    # Optimisation.
+    config.batch_size = 32  # Global, over all devices and hosts.
+    config.eval_batch_size = 32
+    config.optimizer = "adamw"  # or "sgd" (Nesterov momentum 0.9).
+    config.learning_rate = 1e-3
+    config.weight_decay = 1e-4
+    config.num_epochs = 40.0
+    config.num_train_steps = -1  # > 0 overrides num_epochs.
+    config.seed = 0
+    config.parallel = "shard_map"  # or "pmap".
+
+    # Prediction (full resolution).
+    config.threshold = 0.5  # Pixel probability threshold.
+    config.min_mask_area = 0  # Masks with fewer pixels are emptied.
+
+    # Bookkeeping.
+    config.log_every_steps = 50
+    config.eval_every_steps = 500
+    config.checkpoints_to_keep = 2
+    return config

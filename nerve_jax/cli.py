@@ -1,0 +1,132 @@
+"""The `nerve-jax` command."""
+
+import argparse
+import json
+import os
+import sys
+
+from nerve_jax.errors import UserError
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from nerve_jax.data import synthetic
+
+    summary = synthetic.generate(args.out, num_subjects=args.subjects,
+                                 frames_per_subject=args.frames, num_test=args.test,
+                                 seed=args.seed, workers=args.workers)
+    print(f"wrote synthetic Kaggle-layout data to {os.path.abspath(args.out)}")
+    print(summary)
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
+    from nerve_jax import config_util, train
+
+    config = config_util.load_config_file(args.config)
+    config_util.apply_overrides(config, overrides)
+    result = train.train_and_evaluate(config, args.workdir)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from nerve_jax import inference
+
+    result = inference.evaluate(args.workdir)
+    print(f"validation subjects {result['val_subjects']} ({result['val_frames']} frames), "
+          f"checkpoint step {result['step']}")
+    print(f"Kaggle Dice (420x580): model {result['val_dice']:.4f}   "
+          f"all-empty baseline {result['val_empty_dice']:.4f}")
+    print(f"results: {os.path.join(os.path.abspath(args.workdir), inference.EVAL_FILE)}")
+    print(f"overlay: {os.path.abspath(result['overlay'])}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from nerve_jax import inference
+
+    result = inference.predict(args.workdir, args.out, args.test_dir)
+    print(f"submission: {result['submission']} ({result['images']} images, "
+          f"{result['non_empty']} with a nerve; checkpoint step {result['step']})")
+    return _check(args.out, args.test_dir)
+
+
+def _check(path: str, test_dir: str | None) -> int:
+    from nerve_jax import submission
+    from nerve_jax.data import kaggle
+
+    expected = None
+    if test_dir:
+        expected = [im.id for im in kaggle.scan_test(test_dir)]
+    problems = submission.validate(path, expected_ids=expected)
+    for problem in problems:
+        print(("warning: " if problem.warning else "error: ") + str(problem))
+    fatal = submission.problems_are_fatal(problems)
+    print(f"{path}: {'INVALID' if fatal else 'valid'}"
+          + (f" ({len(problems)} problem(s))" if problems else ""))
+    return 1 if fatal else 0
+
+
+def _cmd_check_submission(args: argparse.Namespace) -> int:
+    return _check(args.file, args.test_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nerve-jax",
+        description="Brachial plexus segmentation in neck ultrasound (Kaggle) with JAX/Flax.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write a synthetic dataset in Kaggle layout")
+    p.add_argument("--out", required=True, help="output folder (new or empty)")
+    p.add_argument("--subjects", type=int, default=8, help="training subjects")
+    p.add_argument("--frames", type=int, default=40, help="frames per subject")
+    p.add_argument("--test", type=int, default=40, help="test images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="processes (output is the same for any value)")
+    p.set_defaults(run=_cmd_synth)
+
+    p = sub.add_parser(
+        "train", help="train and evaluate; resumes from the latest checkpoint in --workdir",
+        epilog="Any config field can be overridden: --config.FIELD=VALUE, e.g. "
+               "--config.kaggle_dir=DATA --config.batch_size=64 --config.image_size=96,128")
+    p.add_argument("--config", required=True, help="config file, e.g. configs/quickstart.py")
+    p.add_argument("--workdir", required=True, help="checkpoints, logs and results go here")
+    p.set_defaults(run=_cmd_train, takes_overrides=True)
+
+    p = sub.add_parser("evaluate", help="Kaggle Dice on the validation subjects vs all-empty")
+    p.add_argument("--workdir", required=True)
+    p.set_defaults(run=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="predict the test images and write a submission CSV")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--out", required=True, help="submission CSV to write")
+    p.add_argument("--test-dir", help="folder of <id>.tif (default: <kaggle_dir>/test)")
+    p.set_defaults(run=_cmd_predict)
+
+    p = sub.add_parser("check-submission", help="validate a submission CSV (exit 1 if invalid)")
+    p.add_argument("file")
+    p.add_argument("--test-dir", help="expect exactly the ids of the <id>.tif found here")
+    p.set_defaults(run=_cmd_check_submission)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    try:
+        if getattr(args, "takes_overrides", False):
+            return args.run(args, extra)
+        if extra:
+            parser.error(f"unrecognised arguments: {' '.join(extra)}")
+        return args.run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

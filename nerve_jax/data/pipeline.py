@@ -1,0 +1,155 @@
+"""tf.data input pipelines: subject split, resize, shuffle, batch, prefetch; host sharding.
+
+Every pipeline yields this process's share of a global batch as NumPy arrays:
+  train: image [b, h, w, 1] float32 in [0, 1], mask [b, h, w, 1] float32 in {0, 1}
+  eval:  image [b, h, w, 1], mask_full [b, 420, 580] bool, valid [b] bool (False = padding)
+  test:  image [b, h, w, 1], id [b] int32, valid [b] bool
+"""
+
+import os
+from collections.abc import Iterator, Sequence
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from nerve_jax.data import kaggle
+
+_SKIP_IMAGES = {"image": tfds.decode.SkipDecoding(), "mask": tfds.decode.SkipDecoding()}
+
+
+def hide_accelerators_from_tf() -> None:
+    """TensorFlow only feeds data: keep it off the GPUs/TPUs that JAX uses."""
+    tf.config.set_visible_devices([], "GPU")
+    tf.config.set_visible_devices([], "TPU")
+
+
+def split_subjects(subjects: Sequence[int], num_folds: int, fold: int,
+                   seed: int) -> tuple[list[int], list[int]]:
+    """Subject-grouped k-fold: (train subjects, validation subjects) for `fold`.
+
+    Subjects are shuffled by `seed` and dealt into `num_folds` near-equal folds, so a subject's
+    frames (near-duplicates of each other) never straddle training and validation.
+    """
+    subjects = sorted(set(int(s) for s in subjects))
+    if num_folds < 2 or num_folds > len(subjects):
+        raise ValueError(f"config.num_folds={num_folds} must be between 2 and the number of "
+                         f"subjects ({len(subjects)})")
+    if not 0 <= fold < num_folds:
+        raise ValueError(f"config.fold={fold} must be in [0, {num_folds})")
+    order = np.random.default_rng(seed).permutation(subjects)
+    val = sorted(np.array_split(order, num_folds)[fold].tolist())
+    return [s for s in subjects if s not in val], val
+
+
+def resize_image(image: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
+    """uint8 [H, W, 1] -> float32 [h, w, 1] in [0, 1], antialiased bilinear."""
+    image = tf.cast(image, tf.float32) / 255.0
+    return tf.image.resize(image, size, method="bilinear", antialias=True)
+
+
+def resize_mask(mask: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
+    """{0, 1} [H, W, 1] -> float32 {0, 1} [h, w, 1]: pixels at least half covered."""
+    covered = tf.image.resize(tf.cast(mask, tf.float32), size, method="area")
+    return tf.cast(covered >= 0.5, tf.float32)
+
+
+def _subjects_split(builder: tfds.core.DatasetBuilder, subjects: Sequence[int],
+                    decode_images: bool = True) -> tf.data.Dataset:
+    """All training frames of `subjects`, in the builder's fixed order."""
+    decoders = None if decode_images else _SKIP_IMAGES
+    ds = builder.as_dataset(split="train", shuffle_files=False, decoders=decoders)
+    wanted = tf.constant(sorted(subjects), tf.int32)
+    return ds.filter(lambda ex: tf.reduce_any(tf.equal(ex["subject"], wanted)))
+
+
+def _this_process(ds: tf.data.Dataset) -> tf.data.Dataset:
+    return ds.shard(jax.process_count(), jax.process_index())
+
+
+def local_batch_size(global_batch: int) -> int:
+    if global_batch % jax.process_count():
+        raise ValueError(f"batch size {global_batch} must be divisible by the number of "
+                         f"processes ({jax.process_count()})")
+    return global_batch // jax.process_count()
+
+
+def train_batches(builder: tfds.core.DatasetBuilder, subjects: Sequence[int],
+                  image_size: Sequence[int], global_batch: int, seed: int,
+                  start_step: int = 0, shuffle_buffer: int = 16384) -> Iterator[dict]:
+    """Endless shuffled training batches, resumable: starting at `start_step` yields exactly
+    the batches a run from step 0 would have yielded from that step on."""
+    batch = local_batch_size(global_batch)
+    size = tuple(image_size)
+
+    def preprocess(ex):
+        return {"image": resize_image(ex["image"], size), "mask": resize_mask(ex["mask"], size)}
+
+    ds = _this_process(_subjects_split(builder, subjects))
+    ds = ds.map(preprocess, tf.data.AUTOTUNE).cache()
+    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.skip(start_step * batch)
+    return ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+
+
+def _count(ds: tf.data.Dataset) -> int:
+    return int(ds.reduce(np.int64(0), lambda n, _: n + 1))
+
+
+def _padded_batches(ds: tf.data.Dataset, num_examples: int, global_batch: int,
+                    padding: dict) -> tf.data.Dataset:
+    """Pads with `padding` (valid=False) so every process yields the same number of full
+    batches, as collectives across processes require."""
+    batch = local_batch_size(global_batch)
+    per_process = -(-num_examples // jax.process_count())
+    num_batches = -(-per_process // batch)
+    local = _count(ds)
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat(num_batches * batch - local))
+    return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
+
+
+def eval_batches(builder: tfds.core.DatasetBuilder, subjects: Sequence[int],
+                 image_size: Sequence[int], global_batch: int) -> Iterator[dict]:
+    """Validation frames in order, with full-resolution masks for the Kaggle metric."""
+    size = tuple(image_size)
+
+    def preprocess(ex):
+        return {"image": resize_image(ex["image"], size),
+                "mask_full": tf.cast(ex["mask"][..., 0], tf.bool),
+                "valid": tf.constant(True)}
+
+    ds = _this_process(_subjects_split(builder, subjects))
+    ds = ds.map(preprocess, tf.data.AUTOTUNE).cache()
+    num_examples = _count(_subjects_split(builder, subjects, decode_images=False))
+    padding = {"image": tf.zeros((*size, 1)),
+               "mask_full": tf.zeros((kaggle.HEIGHT, kaggle.WIDTH), tf.bool),
+               "valid": tf.constant(False)}
+    return _padded_batches(ds, num_examples, global_batch, padding).as_numpy_iterator()
+
+
+def test_batches(images: Sequence[kaggle.TestImage], image_size: Sequence[int],
+                 global_batch: int) -> Iterator[dict]:
+    """Test images (already checked by kaggle.scan_test) read straight from their TIFFs."""
+    size = tuple(image_size)
+    num_examples = len(images)
+    images = list(images)[jax.process_index()::jax.process_count()]
+
+    def load(path, image_id):
+        image = tf.numpy_function(lambda p: kaggle.read_tiff(os.fsdecode(p)), [path], tf.uint8)
+        image = tf.ensure_shape(image, (kaggle.HEIGHT, kaggle.WIDTH))[..., None]
+        return {"image": resize_image(image, size), "id": image_id, "valid": tf.constant(True)}
+
+    ds = tf.data.Dataset.from_tensor_slices(
+        ([im.path for im in images], np.array([im.id for im in images], np.int32)))
+    ds = ds.map(load, tf.data.AUTOTUNE)
+    padding = {"image": tf.zeros((*size, 1)), "id": np.int32(-1), "valid": tf.constant(False)}
+    return _padded_batches(ds, num_examples, global_batch, padding).as_numpy_iterator()
+
+
+def frames_per_subject(builder: tfds.core.DatasetBuilder) -> dict[int, int]:
+    """{subject: number of training frames}, read without decoding any image."""
+    ds = builder.as_dataset(split="train", shuffle_files=False, decoders=_SKIP_IMAGES)
+    subjects = np.fromiter(ds.map(lambda ex: ex["subject"]).as_numpy_iterator(), np.int64)
+    values, counts = np.unique(subjects, return_counts=True)
+    return dict(zip(values.tolist(), counts.tolist(), strict=True))

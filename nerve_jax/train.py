@@ -1,0 +1,238 @@
+"""TrainState, train_step, eval_step and train_and_evaluate(config, workdir)."""
+
+import functools
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+import tensorflow as tf
+from flax.training import train_state
+from jax import lax
+from tqdm import tqdm
+
+from nerve_jax import checkpoint, losses, metrics, parallel, postprocess
+from nerve_jax.atomic import atomic_open
+from nerve_jax.data import pipeline, tfds_builder
+from nerve_jax.errors import UserError
+from nerve_jax.models import unet
+
+CONFIG_FILE = "config.json"
+
+
+class TrainState(train_state.TrainState):
+    batch_stats: Any
+
+
+def create_model(config: ml_collections.ConfigDict) -> unet.UNet:
+    unet.check_input_size(config.image_size, config.model.depth)
+    return unet.UNet(
+        depth=config.model.depth,
+        base_features=config.model.base_features,
+        upsample=config.model.upsample,
+        dtype=jnp.dtype(config.model.dtype),
+        axis_name=parallel.AXIS,
+    )
+
+
+OPTIMIZERS = ("adamw", "sgd")
+
+
+def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    if config.optimizer == "adamw":
+        return optax.adamw(config.learning_rate, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return optax.chain(optax.add_decayed_weights(config.weight_decay),
+                           optax.sgd(config.learning_rate, momentum=0.9, nesterov=True))
+    raise UserError(f"config.optimizer={config.optimizer!r}: choose one of {OPTIMIZERS}")
+
+
+def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array) -> TrainState:
+    """Initialises the model on a dummy [1, h, w, 1] batch and the optax optimizer."""
+    model = create_model(config)
+    dummy = jnp.zeros((1, *config.image_size, 1), jnp.float32)
+    variables = model.init(rng, dummy, train=False)
+    tx = create_optimizer(config)
+    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                             batch_stats=variables["batch_stats"])
+
+
+def train_step(state: TrainState, batch: dict, *, axis_name: str) -> tuple[TrainState, dict]:
+    """One optimisation step on this device's part of the batch.
+
+    batch: image [b, h, w, 1] float32, mask [b, h, w, 1] float32. Gradients and metrics are
+    averaged over `axis_name`; BatchNorm statistics are averaged inside the model (synchronised
+    BN), so the update equals one on the whole global batch on a single device.
+    """
+    def loss_fn(params):
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        logits, updates = state.apply_fn(variables, batch["image"], train=True,
+                                         mutable=["batch_stats"])
+        loss = losses.soft_dice_loss(logits, batch["mask"]).mean()
+        return loss, (logits, updates["batch_stats"])
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = lax.pmean(grads, axis_name)
+    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    hard = logits[..., 0] > 0
+    step_metrics = {
+        "loss": loss,
+        "dice_model_resolution": metrics.dice_per_image(hard, batch["mask"][..., 0] > 0.5).mean(),
+    }
+    return state, lax.pmean(step_metrics, axis_name)
+
+
+def predict_step(state: TrainState, batch: dict) -> jax.Array:
+    """image [b, h, w, 1] -> full-resolution nerve probabilities [b, 420, 580] float32."""
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    logits = state.apply_fn(variables, batch["image"], train=False)
+    return postprocess.full_resolution_probabilities(logits)
+
+
+def eval_step(state: TrainState, batch: dict, *, axis_name: str, threshold: float,
+              min_area: int) -> dict:
+    """Sums of the Kaggle Dice (model and all-empty baseline) over the valid frames of the
+    batch, at full 420x580 resolution, summed over `axis_name`."""
+    probs = predict_step(state, batch)
+    masks = postprocess.masks_from_probabilities(probs, threshold, min_area)
+    valid = batch["valid"].astype(jnp.float32)
+    sums = {
+        "dice": jnp.sum(metrics.dice_per_image(masks, batch["mask_full"]) * valid),
+        "empty_dice": jnp.sum(metrics.empty_baseline_per_image(batch["mask_full"]) * valid),
+        "count": jnp.sum(valid),
+    }
+    return lax.psum(sums, axis_name)
+
+
+def compiled_steps(config: ml_collections.ConfigDict, mesh) -> tuple:
+    """(train, eval, predict) step functions run over all devices per config.parallel."""
+    kind = config.parallel
+    train = parallel.parallelize(functools.partial(train_step, axis_name=parallel.AXIS), kind,
+                                 mesh, out_batched=(False, False), donate_state=True)
+    evaluate = parallel.parallelize(
+        functools.partial(eval_step, axis_name=parallel.AXIS, threshold=config.threshold,
+                          min_area=config.min_mask_area),
+        kind, mesh, out_batched=False)
+    predict = parallel.parallelize(predict_step, kind, mesh, out_batched=True)
+    return train, evaluate, predict
+
+
+def prepare_data(config: ml_collections.ConfigDict, workdir: str):
+    """Validates the Kaggle folder and builds the TFDS dataset (default: workdir/tfds)."""
+    if not config.kaggle_dir:
+        raise UserError("config.kaggle_dir is not set: pass --config.kaggle_dir=DIR, a folder "
+                        "in Kaggle layout (train/, test/)")
+    if not os.path.isdir(config.kaggle_dir):
+        raise UserError(f"{config.kaggle_dir}: config.kaggle_dir folder not found")
+    data_dir = config.tfds_data_dir or os.path.join(workdir, "tfds")
+    return tfds_builder.prepare(config.kaggle_dir, data_dir)
+
+
+def evaluate_subjects(evaluate, state, builder, config, subjects) -> dict:
+    """Kaggle Dice and all-empty baseline, mean over the frames of `subjects`."""
+    totals = {"dice": 0.0, "empty_dice": 0.0, "count": 0.0}
+    for batch in pipeline.eval_batches(builder, subjects, config.image_size,
+                                       config.eval_batch_size):
+        sums = jax.device_get(evaluate(state, batch))
+        totals = {k: totals[k] + float(sums[k]) for k in totals}
+    n = max(totals["count"], 1.0)
+    return {"val_dice": totals["dice"] / n, "val_empty_dice": totals["empty_dice"] / n,
+            "val_frames": int(totals["count"])}
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    with atomic_open(os.path.join(workdir, CONFIG_FILE)) as f:
+        f.write(config.to_json(indent=2))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise UserError(f"{workdir}: no {CONFIG_FILE}; is this a workdir written by "
+                        "`nerve-jax train`?")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+class MetricLog:
+    """Writes scalars to TensorBoard (workdir/tensorboard) and to workdir/metrics.jsonl."""
+
+    def __init__(self, workdir: str, enabled: bool):
+        self.enabled = enabled
+        if enabled:
+            self.writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+            self.path = os.path.join(workdir, "metrics.jsonl")
+
+    def write(self, step: int, scalars: dict) -> None:
+        if not self.enabled:
+            return
+        with self.writer.as_default():
+            for name, value in scalars.items():
+                tf.summary.scalar(name, value, step=step)
+        self.writer.flush()
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **scalars}) + "\n")
+
+
+def num_train_steps(config: ml_collections.ConfigDict, num_train_frames: int) -> int:
+    if config.num_train_steps > 0:
+        return int(config.num_train_steps)
+    steps_per_epoch = num_train_frames // config.batch_size
+    if steps_per_epoch == 0:
+        raise UserError(f"config.batch_size={config.batch_size} is larger than the "
+                        f"{num_train_frames} training frames")
+    return int(config.num_epochs * steps_per_epoch)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains on the training subjects, evaluating and checkpointing on the validation subjects.
+
+    Resumes from the latest checkpoint in `workdir`. Returns the last validation metrics.
+    """
+    pipeline.hide_accelerators_from_tf()
+    parallel.check_batch_size(config.batch_size)
+    parallel.check_batch_size(config.eval_batch_size, "eval_batch_size")
+    os.makedirs(workdir, exist_ok=True)
+    builder = prepare_data(config, workdir)
+    frames = pipeline.frames_per_subject(builder)
+    train_subjects, val_subjects = pipeline.split_subjects(
+        list(frames), config.num_folds, config.fold, config.split_seed)
+    total_steps = num_train_steps(config, sum(frames[s] for s in train_subjects))
+    is_main = jax.process_index() == 0
+    if is_main:
+        save_config(config, workdir)
+
+    mesh = parallel.make_mesh()
+    state = parallel.replicate(create_train_state(config, jax.random.key(config.seed)), mesh)
+    mngr = checkpoint.manager(workdir, config.checkpoints_to_keep)
+    start_step = mngr.latest_step() or 0
+    if start_step:
+        state = checkpoint.restore(mngr, start_step, state)
+    train, evaluate, _ = compiled_steps(config, mesh)
+    log = MetricLog(workdir, enabled=is_main)
+    batches = pipeline.train_batches(builder, train_subjects, config.image_size,
+                                     config.batch_size, config.seed, start_step,
+                                     config.shuffle_buffer)
+    val_metrics = {}
+    progress = _progress(start_step, total_steps, is_main)
+    for step in range(start_step + 1, total_steps + 1):
+        state, step_metrics = train(state, next(batches))
+        progress.update(1)
+        if step % config.log_every_steps == 0 or step == total_steps:
+            scalars = {f"train_{k}": float(v) for k, v in jax.device_get(step_metrics).items()}
+            log.write(step, scalars)
+            progress.set_postfix(loss=f"{scalars['train_loss']:.4f}")
+        if step % config.eval_every_steps == 0 or step == total_steps:
+            val_metrics = evaluate_subjects(evaluate, state, builder, config, val_subjects)
+            log.write(step, val_metrics)
+            checkpoint.save(mngr, step, state, val_metrics["val_dice"])
+    progress.close()
+    mngr.wait_until_finished()
+    return val_metrics
+
+
+def _progress(start: int, total: int, enabled: bool) -> tqdm:
+    return tqdm(total=total, initial=start, desc="train", disable=not enabled, unit="step")
