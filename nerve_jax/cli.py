@@ -25,7 +25,7 @@ def _cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     config = config_util.load_config_file(args.config)
     config_util.apply_overrides(config, overrides)
     result = train.train_and_evaluate(config, args.workdir)
-    print(json.dumps(result, indent=2))
+    print(json.dumps(result.val_metrics, indent=2))
     return 0
 
 

@@ -3,7 +3,7 @@
 import functools
 import json
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -187,10 +187,15 @@ def num_train_steps(config: ml_collections.ConfigDict, num_train_frames: int) ->
     return int(config.num_epochs * steps_per_epoch)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+class TrainResult(NamedTuple):
+    state: TrainState
+    val_metrics: dict  # The last evaluation: val_dice, val_empty_dice, val_frames.
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     """Trains on the training subjects, evaluating and checkpointing on the validation subjects.
 
-    Resumes from the latest checkpoint in `workdir`. Returns the last validation metrics.
+    Resumes from the latest checkpoint in `workdir`.
     """
     pipeline.hide_accelerators_from_tf()
     parallel.check_batch_size(config.batch_size)
@@ -231,7 +236,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             checkpoint.save(mngr, step, state, val_metrics["val_dice"])
     progress.close()
     mngr.wait_until_finished()
-    return val_metrics
+    return TrainResult(state, val_metrics)
 
 
 def _progress(start: int, total: int, enabled: bool) -> tqdm:

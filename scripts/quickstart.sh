@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Fresh machine to submission on synthetic data: set up .venv, synthesize a Kaggle-layout
+# dataset, train, evaluate on held-out subjects, predict the test images, check the submission.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_venv.sh
+export TF_CPP_MIN_LOG_LEVEL=2
+DATA=${DATA:-runs/quickstart/data}
+WORKDIR=${WORKDIR:-runs/quickstart/work}
+NJ=.venv/bin/nerve-jax
+
+if [ ! -f "$DATA/train_masks.csv" ]; then
+  $NJ synth --out "$DATA" --subjects 12 --frames 40 --test 60 --seed 0
+fi
+$NJ train --config configs/quickstart.py --workdir "$WORKDIR" --config.kaggle_dir="$DATA"
+$NJ evaluate --workdir "$WORKDIR"
+$NJ predict --workdir "$WORKDIR" --out "$WORKDIR/submission.csv"
+echo "checkpoints: $WORKDIR/checkpoints"
