@@ -47,7 +47,13 @@ def sharded(fn: Callable, mesh: Mesh, out_batched: Any, donate_state: bool = Fal
     mapped = jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=out_specs,
                            check_vma=False)
     jitted = jax.jit(mapped, donate_argnums=(0,) if donate_state else ())
-    return lambda replicated, local_batch: jitted(replicated, global_batch(local_batch, mesh))
+
+    def run(replicated, local_batch):
+        return jitted(replicated, global_batch(local_batch, mesh))
+
+    run.lower = lambda replicated, local_batch: jitted.lower(
+        replicated, global_batch(local_batch, mesh))
+    return run
 
 
 def pmapped(fn: Callable, mesh: Mesh, out_batched: Any, donate_state: bool = False) -> Callable:
