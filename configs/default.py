@@ -24,8 +24,13 @@ def get_config() -> ml_collections.ConfigDict:
     # Optimisation.
     config.batch_size = 32  # Global, over all devices and hosts.
     config.eval_batch_size = 32
+    # Soft Dice smoothing, in pixels at model resolution: of the order of a nerve's area, so
+    # that frames without a nerve keep a useful gradient against false positives.
+    config.dice_smooth = 100.0
     config.optimizer = "adamw"  # or "sgd" (Nesterov momentum 0.9).
     config.learning_rate = 1e-3
+    config.lr_schedule = "cosine"  # or "constant"; both after a linear warmup.
+    config.warmup_steps = 200
     config.weight_decay = 1e-4
     config.num_epochs = 40.0
     config.num_train_steps = -1  # > 0 overrides num_epochs.
@@ -34,7 +39,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Prediction (full resolution).
     config.threshold = 0.5  # Pixel probability threshold.
-    config.min_mask_area = 0  # Masks with fewer pixels are emptied.
+    # Masks with fewer pixels (at 420x580) are emptied; a false positive zeroes a frame's score.
+    config.min_mask_area = 0
 
     # Bookkeeping.
     config.log_every_steps = 50

@@ -12,8 +12,8 @@ def get_config():
     config.batch_size = 16
     config.eval_batch_size = 32
     config.learning_rate = 3e-3
+    config.warmup_steps = 20
     config.num_epochs = 12.0
-    config.min_mask_area = 2000
     config.log_every_steps = 20
-    config.eval_every_steps = 200
+    config.eval_every_steps = 100
     return config

@@ -12,6 +12,9 @@ def get_config():
     config.batch_size = 8
     config.eval_batch_size = 8
     config.learning_rate = 1e-2
+    config.lr_schedule = "constant"
+    config.warmup_steps = 0
+    config.dice_smooth = 1.0
     config.num_train_steps = 3
     config.log_every_steps = 1
     config.eval_every_steps = 1000

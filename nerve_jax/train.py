@@ -39,28 +39,46 @@ def create_model(config: ml_collections.ConfigDict) -> unet.UNet:
 
 
 OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("constant", "cosine")
 
 
-def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+    """Linear warmup over config.warmup_steps, then constant or cosine decay to 0 at the end."""
+    if config.lr_schedule not in SCHEDULES:
+        raise UserError(f"config.lr_schedule={config.lr_schedule!r}: choose one of {SCHEDULES}")
+    warmup = min(config.warmup_steps, max(total_steps - 1, 0))
+    if config.lr_schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup,
+                                                  max(total_steps, warmup + 1))
+    return optax.join_schedules([optax.linear_schedule(0.0, config.learning_rate, warmup),
+                                 optax.constant_schedule(config.learning_rate)], [warmup])
+
+
+def create_optimizer(config: ml_collections.ConfigDict,
+                     total_steps: int = 1) -> optax.GradientTransformation:
+    """The optimizer; `total_steps` only shapes the learning-rate schedule, not the state."""
+    lr = learning_rate_schedule(config, total_steps)
     if config.optimizer == "adamw":
-        return optax.adamw(config.learning_rate, weight_decay=config.weight_decay)
+        return optax.adamw(lr, weight_decay=config.weight_decay)
     if config.optimizer == "sgd":
         return optax.chain(optax.add_decayed_weights(config.weight_decay),
-                           optax.sgd(config.learning_rate, momentum=0.9, nesterov=True))
+                           optax.sgd(lr, momentum=0.9, nesterov=True))
     raise UserError(f"config.optimizer={config.optimizer!r}: choose one of {OPTIMIZERS}")
 
 
-def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array) -> TrainState:
+def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array,
+                       total_steps: int = 1) -> TrainState:
     """Initialises the model on a dummy [1, h, w, 1] batch and the optax optimizer."""
     model = create_model(config)
     dummy = jnp.zeros((1, *config.image_size, 1), jnp.float32)
     variables = model.init(rng, dummy, train=False)
-    tx = create_optimizer(config)
+    tx = create_optimizer(config, total_steps)
     return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                              batch_stats=variables["batch_stats"])
 
 
-def train_step(state: TrainState, batch: dict, *, axis_name: str) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch: dict, *, axis_name: str,
+               dice_smooth: float = 1.0) -> tuple[TrainState, dict]:
     """One optimisation step on this device's part of the batch.
 
     batch: image [b, h, w, 1] float32, mask [b, h, w, 1] float32. Gradients and metrics are
@@ -71,7 +89,7 @@ def train_step(state: TrainState, batch: dict, *, axis_name: str) -> tuple[Train
         variables = {"params": params, "batch_stats": state.batch_stats}
         logits, updates = state.apply_fn(variables, batch["image"], train=True,
                                          mutable=["batch_stats"])
-        loss = losses.soft_dice_loss(logits, batch["mask"]).mean()
+        loss = losses.soft_dice_loss(logits, batch["mask"], dice_smooth).mean()
         return loss, (logits, updates["batch_stats"])
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -110,8 +128,9 @@ def eval_step(state: TrainState, batch: dict, *, axis_name: str, threshold: floa
 def compiled_steps(config: ml_collections.ConfigDict, mesh) -> tuple:
     """(train, eval, predict) step functions run over all devices per config.parallel."""
     kind = config.parallel
-    train = parallel.parallelize(functools.partial(train_step, axis_name=parallel.AXIS), kind,
-                                 mesh, out_batched=(False, False), donate_state=True)
+    train = parallel.parallelize(
+        functools.partial(train_step, axis_name=parallel.AXIS, dice_smooth=config.dice_smooth),
+        kind, mesh, out_batched=(False, False), donate_state=True)
     evaluate = parallel.parallelize(
         functools.partial(eval_step, axis_name=parallel.AXIS, threshold=config.threshold,
                           min_area=config.min_mask_area),
@@ -211,7 +230,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         save_config(config, workdir)
 
     mesh = parallel.make_mesh()
-    state = parallel.replicate(create_train_state(config, jax.random.key(config.seed)), mesh)
+    state = create_train_state(config, jax.random.key(config.seed), total_steps)
+    state = parallel.replicate(state, mesh)
     mngr = checkpoint.manager(workdir, config.checkpoints_to_keep)
     start_step = mngr.latest_step() or 0
     if start_step:

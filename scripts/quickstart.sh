@@ -10,7 +10,7 @@ WORKDIR=${WORKDIR:-runs/quickstart/work}
 NJ=.venv/bin/nerve-jax
 
 if [ ! -f "$DATA/train_masks.csv" ]; then
-  $NJ synth --out "$DATA" --subjects 12 --frames 40 --test 60 --seed 0
+  $NJ synth --out "$DATA" --subjects 24 --frames 20 --test 60 --seed 0
 fi
 $NJ train --config configs/quickstart.py --workdir "$WORKDIR" --config.kaggle_dir="$DATA"
 $NJ evaluate --workdir "$WORKDIR"
