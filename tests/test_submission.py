@@ -166,3 +166,24 @@ def test_validate_full_size_submission_is_fast(tmp_path):
     elapsed = time.perf_counter() - start
     assert problems == []
     assert elapsed < 2.0, f"validate took {elapsed:.2f}s for 5,508 rows"
+
+
+def test_cli_check_submission_lists_problems_and_exits_1(tmp_path, capsys):
+    from nerve_jax import cli
+    from nerve_jax.data import kaggle
+
+    test_dir = tmp_path / "test"
+    test_dir.mkdir()
+    for i in (1, 2, 3):
+        kaggle.write_tiff(test_dir / f"{i}.tif", np.zeros((420, 580), np.uint8))
+    path = tmp_path / "sub.csv"
+    path.write_text("img,pixels\n1,1 5\n1,\n2,5 2 3 1\n")
+    assert cli.main(["check-submission", str(path), "--test-dir", str(test_dir)]) == 1
+    out = capsys.readouterr().out
+    assert "line 3: duplicate id 1" in out
+    assert "line 4:" in out and "missing" in out and "INVALID" in out
+
+    path.write_text("img,pixels\r\n1,\r\n2,1 10\r\n3,\r\n")
+    assert cli.main(["check-submission", str(path), "--test-dir", str(test_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "warning:" in out and "valid" in out
