@@ -7,7 +7,10 @@ import statistics
 import time
 from collections.abc import Callable
 
-FP32_FLOP_PER_CYCLE_PER_CORE = 16  # AVX2: two 256-bit FMA units = 2 x 8 lanes x 2 FLOP / 2.
+# Two 256-bit FMA pipes (Zen 2-4; Zen 4 runs AVX-512 on the same pipes): 2 x 8 lanes x 2 FLOP.
+# Measured here: PyTorch's train step sustains ~141 GFLOP/s on 2 cores at 2.6 GHz, above the
+# 83 GFLOP/s a 16 FLOP/cycle peak would allow, so 16 is not this CPU's peak.
+FP32_FLOP_PER_CYCLE_PER_CORE = 32
 
 
 def cpu_clock_ghz() -> float:
@@ -46,3 +49,16 @@ def median(values: list[float]) -> float:
 def print_json(record: dict) -> None:
     """The last output line of every benchmark: one JSON object."""
     print(json.dumps(record), flush=True)
+
+
+def add_step_flags(parser) -> None:
+    """The flags every train-step benchmark shares (same names and defaults on both sides)."""
+    parser.add_argument("--height", type=int, default=128)
+    parser.add_argument("--width", type=int, default=160)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--features", type=int, default=32)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps after compilation")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
+    parser.add_argument("--upsample", default="pixel_shuffle",
+                        choices=("pixel_shuffle", "transpose"))

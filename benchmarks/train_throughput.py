@@ -28,14 +28,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--height", type=int, default=128)
-    p.add_argument("--width", type=int, default=160)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--features", type=int, default=32)
-    p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--steps", type=int, default=20, help="timed steps after compilation")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
-    p.add_argument("--upsample", default="pixel_shuffle", choices=("pixel_shuffle", "transpose"))
+    common.add_step_flags(p)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--parallel", default="shard_map", choices=parallel.PARALLEL_CHOICES)
     p.add_argument("--inference", action="store_true",
