@@ -33,14 +33,15 @@ def restore_best(workdir: str) -> tuple[ml_collections.ConfigDict, train.TrainSt
     return config, checkpoint.restore(mngr, step, state), step
 
 
-def mask_predictor(config: ml_collections.ConfigDict):
-    """Per-device fn(state, batch) -> full-resolution masks [b, 420, 580] bool, parallelised."""
+def mask_predictor(config: ml_collections.ConfigDict, mesh):
+    """fn(state, batch) -> (full-resolution masks [b, 420, 580] bool, ids [b]) on all devices."""
     def predict(state, batch):
         probs = train.predict_step(state, batch)
-        return postprocess.masks_from_probabilities(probs, config.threshold,
-                                                    config.min_mask_area)
+        masks = postprocess.masks_from_probabilities(probs, config.threshold,
+                                                     config.min_mask_area)
+        return masks, batch["id"]
 
-    return parallel.parallelize(predict, config.parallel, parallel.make_mesh(), out_batched=True)
+    return parallel.parallelize(predict, config.parallel, mesh, out_batched=True)
 
 
 def _gather(x: jax.Array) -> np.ndarray:
@@ -118,11 +119,10 @@ def predict(workdir: str, out_path: str, test_dir: str | None = None) -> dict:
     config, state, step = restore_best(workdir)
     test_dir = test_dir or os.path.join(config.kaggle_dir, "test")
     images = kaggle.scan_test(test_dir)
-    predict_masks = mask_predictor(config)
+    predict_masks = mask_predictor(config, parallel.make_mesh())
     rles = {}
     for batch in pipeline.test_batches(images, config.image_size, config.eval_batch_size):
-        masks = _gather(predict_masks(state, batch))
-        ids = _gather(parallel.global_batch({"id": batch["id"]}, parallel.make_mesh())["id"])
+        masks, ids = (_gather(x) for x in predict_masks(state, batch))
         for image_id, mask in zip(ids, masks, strict=True):
             if image_id >= 0:
                 rles[int(image_id)] = rle.encode(mask)
