@@ -23,7 +23,7 @@ def cpu_clock_ghz() -> float:
 
 
 def cpu_peak_gflops(cores: int | None = None) -> float:
-    """FP32 peak of the cores this process may use: cores x 16 FLOP/cycle x clock."""
+    """FP32 peak of the cores this process may use: cores x FP32_FLOP_PER_CYCLE_PER_CORE x clock."""
     cores = cores or len(os.sched_getaffinity(0))
     return cores * FP32_FLOP_PER_CYCLE_PER_CORE * cpu_clock_ghz()
 

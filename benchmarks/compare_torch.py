@@ -5,6 +5,7 @@ throughput on the same UNet, in one invocation:
 
   [--height 128 --width 160 --batch 16 --features 32 --depth 4 --steps 20 --warmup 2
    --upsample pixel_shuffle --jax-args "--parallel shard_map" --torch-args "--no-channels-last"]
+  [--jax-defaults: each round also times JAX without nerve-jax's XLA:CPU flags]
 
 Needs the optional extra `bench` (torch). Rounds ALTERNATE: in each round the JAX benchmark runs
 as a subprocess, then the PyTorch one, with the same shape flags; so slow drift of a shared
@@ -41,6 +42,8 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "TF_NUM_INTRAOP_THREADS",
                "TF_NUM_INTEROP_THREADS")
 FRAMEWORKS = ("jax", "torch")
+XLA_DEFAULTS = "jax_xla_defaults"  # JAX without the flags nerve_jax/xla_flags.py sets.
+LABELS = {"jax": "JAX", "torch": "PyTorch", XLA_DEFAULTS: "JAX, XLA defaults"}
 # (record key, table label, scale, format)
 ROWS = (
     ("images_per_s", "images/s", 1.0, "{:.2f}"),
@@ -59,11 +62,14 @@ def parse_args(argv=None):
     common.add_step_flags(p)
     p.add_argument("--jax-args", default="", help="extra flags for train_throughput.py only")
     p.add_argument("--torch-args", default="", help="extra flags for torch_reference.py only")
+    p.add_argument("--jax-defaults", action="store_true",
+                   help="each round also runs JAX with NERVE_JAX_XLA_CPU_FLAGS=0 (XLA's defaults)")
     return p.parse_args(argv)
 
 
-def clean_env() -> dict:
+def clean_env(extra: dict | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
+    env.update(extra or {})
     xla = [f for f in env.pop("XLA_FLAGS", "").split()
            if not f.startswith("--xla_force_host_platform_device_count")]
     if xla:
@@ -72,11 +78,12 @@ def clean_env() -> dict:
     return env
 
 
-def run_benchmark(script: str, flags: list[str]) -> dict:
+def run_benchmark(script: str, flags: list[str], extra_env: dict | None = None) -> dict:
     """Runs one benchmark script; returns the JSON object on its last non-empty stdout line."""
     cmd = [sys.executable, script, *flags]
-    print("$ " + shlex.join(cmd), flush=True)
-    proc = subprocess.run(cmd, cwd=REPO, env=clean_env(), capture_output=True, text=True)
+    prefix = "".join(f"{k}={v} " for k, v in (extra_env or {}).items())
+    print("$ " + prefix + shlex.join(cmd), flush=True)
+    proc = subprocess.run(cmd, cwd=REPO, env=clean_env(extra_env), capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     for line in lines[:-1]:
         print("  " + line, flush=True)
@@ -96,19 +103,30 @@ def median_of(records: list[dict], key: str):
     return statistics.median(values) if values else None
 
 
-def format_table(summary: dict) -> str:
+def format_table(summary: dict, columns: tuple[str, ...]) -> str:
     label_width = max(len(label) for _, label, _, _ in ROWS)
-    lines = [f"{'median over rounds':<{label_width}}  {'JAX':>10}  {'PyTorch':>10}"]
+    widths = [max(10, len(LABELS[c])) for c in columns]
+    header = "  ".join(f"{LABELS[c]:>{w}}" for c, w in zip(columns, widths))
+    lines = [f"{'median over rounds':<{label_width}}  {header}"]
     for key, label, scale, fmt in ROWS:
         cells = []
-        for fw in FRAMEWORKS:
-            value = summary[fw]["median"].get(key)
-            cells.append("n/a" if value is None else fmt.format(value * scale))
-        lines.append(f"{label:<{label_width}}  {cells[0]:>10}  {cells[1]:>10}")
-    ratio = summary["ratio_images_per_s"]
-    lines.append(f"JAX/PyTorch images/s: {ratio['median']:.2f}x median of {len(ratio['per_round'])}"
-                 f" rounds (range {ratio['min']:.2f}-{ratio['max']:.2f})")
+        for column, width in zip(columns, widths):
+            value = summary[column]["median"].get(key)
+            cells.append(f"{'n/a' if value is None else fmt.format(value * scale):>{width}}")
+        lines.append(f"{label:<{label_width}}  " + "  ".join(cells))
+    for key, name in (("ratio_images_per_s", "JAX/PyTorch"),
+                      ("ratio_xla_defaults_images_per_s", "JAX with XLA defaults/PyTorch")):
+        if key in summary:
+            ratio = summary[key]
+            lines.append(f"{name} images/s: {ratio['median']:.2f}x median of "
+                         f"{len(ratio['per_round'])} rounds (range {ratio['min']:.2f}-"
+                         f"{ratio['max']:.2f})")
     return "\n".join(lines)
+
+
+def ratio_summary(ratios: list[float]) -> dict:
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
+            "per_round": ratios}
 
 
 def main(argv=None) -> dict:
@@ -118,35 +136,44 @@ def main(argv=None) -> dict:
         shared += [f"--{name}", str(getattr(args, name))]
     jax_flags = shared + shlex.split(args.jax_args)
     torch_flags = shared + shlex.split(args.torch_args)
-    runs = {fw: [] for fw in FRAMEWORKS}
-    ratios = []
+    columns = FRAMEWORKS + ((XLA_DEFAULTS,) if args.jax_defaults else ())
+    runs = {column: [] for column in columns}
+    ratios, default_ratios = [], []
     for r in range(1, args.rounds + 1):
         print(f"--- round {r}/{args.rounds}", flush=True)
         runs["jax"].append(run_benchmark(JAX_SCRIPT, jax_flags))
         runs["torch"].append(run_benchmark(TORCH_SCRIPT, torch_flags))
-        ratio = runs["jax"][-1]["images_per_s"] / runs["torch"][-1]["images_per_s"]
-        ratios.append(ratio)
-        print(f"round {r}: JAX {runs['jax'][-1]['images_per_s']:.2f} images/s, PyTorch "
-              f"{runs['torch'][-1]['images_per_s']:.2f} images/s, ratio {ratio:.2f}", flush=True)
+        torch_rate = runs["torch"][-1]["images_per_s"]
+        ratios.append(runs["jax"][-1]["images_per_s"] / torch_rate)
+        line = (f"round {r}: JAX {runs['jax'][-1]['images_per_s']:.2f} images/s, PyTorch "
+                f"{torch_rate:.2f} images/s, ratio {ratios[-1]:.2f}")
+        if args.jax_defaults:
+            runs[XLA_DEFAULTS].append(run_benchmark(JAX_SCRIPT, jax_flags,
+                                                    {"NERVE_JAX_XLA_CPU_FLAGS": "0"}))
+            default_ratios.append(runs[XLA_DEFAULTS][-1]["images_per_s"] / torch_rate)
+            line += (f"; JAX with XLA defaults {runs[XLA_DEFAULTS][-1]['images_per_s']:.2f} "
+                     f"images/s, ratio {default_ratios[-1]:.2f}")
+        print(line, flush=True)
 
     summary = {
         "rounds": args.rounds,
         "config": {name: getattr(args, name) for name in SHARED_FLAGS},
         "jax_args": args.jax_args, "torch_args": args.torch_args,
     }
-    for fw in FRAMEWORKS:
+    for fw in columns:
         summary[fw] = {"median": {key: median_of(runs[fw], key) for key, *_ in ROWS},
                        "runs": runs[fw]}
     summary["jax"]["version"] = runs["jax"][0].get("jax")
     summary["torch"]["version"] = runs["torch"][0].get("torch")
     summary["torch"]["memory_format"] = runs["torch"][0].get("memory_format")
-    summary["ratio_images_per_s"] = {"median": statistics.median(ratios), "min": min(ratios),
-                                     "max": max(ratios), "per_round": ratios}
+    summary["ratio_images_per_s"] = ratio_summary(ratios)
+    if default_ratios:
+        summary["ratio_xla_defaults_images_per_s"] = ratio_summary(default_ratios)
     print()
     print(f"JAX {summary['jax']['version']} vs PyTorch {summary['torch']['version']} "
           f"({summary['torch']['memory_format']}), {args.height}x{args.width}, batch "
           f"{args.batch}, {args.features} features, depth {args.depth}, {args.upsample}")
-    print(format_table(summary))
+    print(format_table(summary, columns))
     print(json.dumps(summary), flush=True)
     return summary
 

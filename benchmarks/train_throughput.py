@@ -21,7 +21,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from nerve_jax import config_util, parallel, postprocess, rle, train  # noqa: E402
+from nerve_jax import config_util, parallel, postprocess, rle, train, xla_flags  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -71,7 +71,7 @@ def time_train(config, steps, warmup):
     if config.parallel == "shard_map":
         cost = step.lower(state, batch).compile().cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
-        flops = float(cost["flops"])
+        flops = float(cost["flops"]) * mesh.size  # Cost analysis counts one device's program.
     else:
         jax.block_until_ready(step(state, batch))
     compile_s = time.perf_counter() - start  # Lowering + XLA compilation (pmap: + one step).
@@ -120,6 +120,7 @@ def main(argv=None):
         "devices": jax.device_count(), "height": args.height, "width": args.width,
         "batch": args.batch, "features": args.features, "depth": args.depth,
         "upsample": args.upsample, "dtype": args.dtype, "parallel": args.parallel,
+        "project_xla_flags": xla_flags.enabled(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "steps": args.steps, "step_s_median": step_s, "step_s_min": min(times),
         "images_per_s": images_per_s, "compile_s": compile_s,
     }
