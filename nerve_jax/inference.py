@@ -72,7 +72,7 @@ def evaluate(workdir: str) -> dict:
 
 def _overlay_frames(kaggle_dir: str, subjects: list[int], count: int) -> list[kaggle.TrainPair]:
     """Up to `count` validation frames, half with a nerve and half without where possible."""
-    pairs, _ = kaggle.pair_train_files(os.path.join(kaggle_dir, "train"))
+    pairs, _ = kaggle.pair_train_files(kaggle.locate(kaggle_dir, "train"))
     pairs = [p for p in pairs if p.subject in set(subjects)]
     has_nerve = [kaggle.read_tiff(p.mask_path).any() for p in pairs]
     with_nerve = [p for p, h in zip(pairs, has_nerve, strict=True) if h]
@@ -117,7 +117,8 @@ def predict(workdir: str, out_path: str, test_dir: str | None = None) -> dict:
     """Predicts every test image at full resolution and writes the Kaggle submission CSV."""
     pipeline.hide_accelerators_from_tf()
     config, state, step = restore_best(workdir)
-    test_dir = test_dir or os.path.join(config.kaggle_dir, "test")
+    test_dir = test_dir or kaggle.locate(config.kaggle_dir, "test") or os.path.join(
+        config.kaggle_dir, "test")
     images = kaggle.scan_test(test_dir)
     predict_masks = mask_predictor(config, parallel.make_mesh())
     rles = {}

@@ -45,7 +45,7 @@ def test_clean_folder_pairs_every_frame(good_dir):
 
 
 def test_missing_folder(tmp_path):
-    with pytest.raises(DataError, match="training folder not found"):
+    with pytest.raises(DataError, match="folder not found"):
         kaggle.scan_train(str(tmp_path / "nowhere"))
 
 
