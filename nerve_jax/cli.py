@@ -19,6 +19,55 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress(enabled: bool, desc: str):
+    """A tqdm wrapper for kaggle.inspect's progress hook, or None."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return lambda iterable, total: tqdm(iterable, total=total, desc=desc, unit="file")
+
+
+def _cmd_validate_data(args: argparse.Namespace) -> int:
+    from nerve_jax.data import kaggle
+    from nerve_jax.errors import group_problems
+
+    download, problems = kaggle.inspect(args.kaggle_dir, workers=args.workers,
+                                        progress=_progress(not args.quiet, "checking"))
+    if download is not None:
+        print(f"{args.kaggle_dir}: {len(download.pairs)} training pairs from {download.train}, "
+              f"{len(download.tests)} test images from {download.test or '(none)'}")
+    for heading, group in group_problems(problems).items():
+        print(f"{heading} ({len(group)}):")
+        for problem in group:
+            print(f"  - {problem}")
+    print(f"{len(problems)} problem(s)" if problems else "no problems found")
+    return 1 if problems else 0
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from nerve_jax.data import tfds_builder
+
+    data_dir = args.tfds_data_dir or os.path.expanduser("~/tensorflow_datasets")
+    builder = tfds_builder.prepare(args.kaggle_dir, data_dir)
+    for name, split in builder.info.splits.items():
+        print(f"{tfds_builder.NAME} {name}: {split.num_examples} examples")
+    print(f"TFDS data: {builder.data_dir}")
+    print(f"use it with --config.tfds_data_dir={os.path.abspath(data_dir)}")
+    return 0
+
+
+def _cmd_eda(args: argparse.Namespace) -> int:
+    from nerve_jax import eda
+
+    stats = eda.write_report(args.kaggle_dir, args.out, workers=args.workers,
+                             duplicate_threshold=args.duplicate_threshold,
+                             progress=not args.quiet)
+    print(f"report: {os.path.join(os.path.abspath(args.out), 'index.html')}")
+    print(f"{stats['contradictory_pairs']['count']} contradictory near-duplicate pairs")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     from nerve_jax import config_util, train
 
@@ -86,6 +135,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="processes (output is the same for any value)")
     p.set_defaults(run=_cmd_synth)
+
+    p = sub.add_parser("validate-data",
+                       help="check a Kaggle download; list every problem (exit 0 only if clean)")
+    p.add_argument("--kaggle-dir", required=True,
+                   help="folder with train.zip/test.zip or train/ and test/, and the CSVs")
+    p.add_argument("--workers", type=int, default=0, help="decoding threads (0: one per core)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_cmd_validate_data)
+
+    p = sub.add_parser("build", help="check the Kaggle download and build the TFDS dataset "
+                                     "ultrasound_nerve")
+    p.add_argument("--kaggle-dir", required=True,
+                   help="folder with train.zip/test.zip or train/ and test/, and the CSVs")
+    p.add_argument("--tfds-data-dir", help="where to write it (default ~/tensorflow_datasets)")
+    p.set_defaults(run=_cmd_build)
+
+    p = sub.add_parser("eda", help="dataset report: figures, stats.json and index.html")
+    p.add_argument("--kaggle-dir", required=True)
+    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--duplicate-threshold", type=float, default=None,
+                   help="near-duplicate distance (default: duplicates.DEFAULT_THRESHOLD)")
+    p.add_argument("--workers", type=int, default=0, help="decoding threads (0: one per core)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_cmd_eda)
 
     p = sub.add_parser(
         "train", help="train and evaluate; resumes from the latest checkpoint in --workdir",
