@@ -11,7 +11,8 @@ from nerve_jax.models import unet
 def test_defaults_are_added_and_user_flags_win():
     flags = xla_flags.flags_with_cpu_defaults("--xla_force_host_platform_device_count=8")
     assert flags.split() == ["--xla_force_host_platform_device_count=8",
-                             "--xla_cpu_experimental_ynn_fusion_type="]
+                             "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT,"
+                             "LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE"]
     mine = "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"
     assert xla_flags.flags_with_cpu_defaults(mine) == mine
 
@@ -30,7 +31,8 @@ def test_this_process_runs_with_them():
     import os
 
     if xla_flags.enabled():
-        assert "--xla_cpu_experimental_ynn_fusion_type=" in os.environ["XLA_FLAGS"].split()
+        assert "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT," in os.environ[
+            "XLA_FLAGS"]
 
 
 def test_reshape_max_pool_equals_flax_max_pool():
@@ -39,3 +41,13 @@ def test_reshape_max_pool_equals_flax_max_pool():
     ours = jax.grad(lambda v: (unet.max_pool_2x2(v) ** 2).sum())(x)
     flax_grad = jax.grad(lambda v: (nn.max_pool(v, (2, 2), (2, 2)) ** 2).sum())(x)
     np.testing.assert_allclose(ours, flax_grad)  # No ties in random normals.
+
+
+def test_reductions_stay_accurate_under_these_flags():
+    """BatchNorm statistics: E[x] and E[x^2] - E[x]^2 over 50k values with a large offset."""
+    x = np.random.default_rng(0).random((8, 32, 48, 4), dtype=np.float32) + 10
+    mean = jax.jit(lambda v: v.mean((0, 1, 2)))(x)
+    var = jax.jit(lambda v: (v * v).mean((0, 1, 2)) - v.mean((0, 1, 2)) ** 2)(x)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(mean, x64.mean((0, 1, 2)), rtol=5e-7)
+    np.testing.assert_allclose(var, x64.var((0, 1, 2)), rtol=1e-3)
