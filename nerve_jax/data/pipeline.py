@@ -13,10 +13,18 @@ import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 
-from nerve_jax.data import kaggle
+from nerve_jax.data import duplicates, kaggle
+from nerve_jax.errors import UserError
 
 _SKIP_IMAGES = {"image": tfds.decode.SkipDecoding(), "mask": tfds.decode.SkipDecoding()}
+
+CLEAN_MODES = ("keep", "drop", "relabel")
+
+
+class ConfigValueError(UserError, ValueError):
+    """A config field holds a value outside its choices."""
 
 
 def hide_accelerators_from_tf() -> None:
@@ -75,22 +83,82 @@ def local_batch_size(global_batch: int) -> int:
     return global_batch // jax.process_count()
 
 
+def check_clean_mode(clean: str) -> None:
+    """Raises ValueError (a UserError too) unless `clean` is one of CLEAN_MODES."""
+    if clean not in CLEAN_MODES:
+        raise ConfigValueError(f"config.clean={clean!r}: choose one of {CLEAN_MODES}")
+
+
 def train_batches(builder: tfds.core.DatasetBuilder, subjects: Sequence[int],
                   image_size: Sequence[int], global_batch: int, seed: int,
-                  start_step: int = 0, shuffle_buffer: int = 16384) -> Iterator[dict]:
+                  start_step: int = 0, shuffle_buffer: int = 16384, clean: str = "keep",
+                  duplicate_threshold: float = duplicates.DEFAULT_THRESHOLD) -> Iterator[dict]:
     """Endless shuffled training batches, resumable: starting at `start_step` yields exactly
-    the batches a run from step 0 would have yielded from that step on."""
+    the batches a run from step 0 would have yielded from that step on.
+
+    `clean` treats the empty-mask member of each contradictory near-duplicate pair (see
+    duplicates.py, at `duplicate_threshold`): "keep" it as labelled, "drop" it, or "relabel" it
+    with the mask of its closest nerve twin.
+    """
+    check_clean_mode(clean)
     batch = local_batch_size(global_batch)
     size = tuple(image_size)
 
     def preprocess(ex):
         return {"image": resize_image(ex["image"], size), "mask": resize_mask(ex["mask"], size)}
 
-    ds = _this_process(_subjects_split(builder, subjects))
+    ds = _subjects_split(builder, subjects)
+    if clean != "keep":
+        ds = _clean(ds, builder, subjects, clean, duplicate_threshold)
+    ds = _this_process(ds)
     ds = ds.map(preprocess, tf.data.AUTOTUNE).cache()
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.skip(start_step * batch)
     return ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+
+
+def _frame_name(ex: dict) -> tf.Tensor:
+    return tf.strings.join([tf.strings.as_string(ex["subject"]), "_",
+                            tf.strings.as_string(ex["frame"])])
+
+
+def _clean(ds: tf.data.Dataset, builder: tfds.core.DatasetBuilder, subjects: Sequence[int],
+           clean: str, threshold: float) -> tf.data.Dataset:
+    """Drops or relabels the empty members of contradictory pairs among `subjects`' frames."""
+    pairs = duplicates.contradictory_pairs_in_split(builder, subjects, threshold)
+    twins = duplicates.closest_nerve_twins(pairs)
+    logging.info("config.clean=%r: %s %d of the training frames, the empty-mask members of %d "
+                 "contradictory pairs at distance <= %g", clean,
+                 "dropped" if clean == "drop" else "relabelled", len(twins), len(pairs),
+                 threshold)
+    if not twins:
+        return ds
+    empty = tf.constant(sorted(twins))
+    if clean == "drop":
+        return ds.filter(lambda ex: tf.logical_not(tf.reduce_any(_frame_name(ex) == empty)))
+    sources = [twins[name].with_nerve for name in sorted(twins)]
+    png_masks = _png_masks(builder, subjects, set(sources))
+    source_masks = tf.constant([png_masks[name] for name in sources])
+
+    def relabel(ex):
+        hit = _frame_name(ex) == empty
+
+        def twin_mask():
+            png = source_masks[tf.argmax(tf.cast(hit, tf.int32))]
+            return tf.ensure_shape(tf.io.decode_png(png, channels=1), ex["mask"].shape)
+
+        return {**ex, "mask": tf.cond(tf.reduce_any(hit), twin_mask, lambda: ex["mask"])}
+
+    return ds.map(relabel, tf.data.AUTOTUNE)
+
+
+def _png_masks(builder: tfds.core.DatasetBuilder, subjects: Sequence[int],
+                   names: set[str]) -> dict[str, bytes]:
+    """{name: PNG-encoded [420, 580, 1] {0, 1} mask} for the frames `names` of `subjects`."""
+    ds = _subjects_split(builder, subjects, decode_images=False)
+    ds = ds.map(lambda ex: (_frame_name(ex), ex["mask"]))
+    return {name.decode(): mask for name, mask in ds.as_numpy_iterator()
+            if name.decode() in names}
 
 
 def _count(ds: tf.data.Dataset) -> int:
