@@ -106,11 +106,11 @@ def median_of(records: list[dict], key: str):
 def format_table(summary: dict, columns: tuple[str, ...]) -> str:
     label_width = max(len(label) for _, label, _, _ in ROWS)
     widths = [max(10, len(LABELS[c])) for c in columns]
-    header = "  ".join(f"{LABELS[c]:>{w}}" for c, w in zip(columns, widths))
+    header = "  ".join(f"{LABELS[c]:>{w}}" for c, w in zip(columns, widths, strict=True))
     lines = [f"{'median over rounds':<{label_width}}  {header}"]
     for key, label, scale, fmt in ROWS:
         cells = []
-        for column, width in zip(columns, widths):
+        for column, width in zip(columns, widths, strict=True):
             value = summary[column]["median"].get(key)
             cells.append(f"{'n/a' if value is None else fmt.format(value * scale):>{width}}")
         lines.append(f"{label:<{label_width}}  " + "  ".join(cells))

@@ -96,7 +96,8 @@ def time_inference(config, state, steps):
     rng = np.random.default_rng(1)
     frames = rng.integers(0, 256, (config.batch_size, 420, 580, 1), dtype=np.uint8)
     predict = parallel.parallelize(
-        lambda s, b: postprocess.masks_from_probabilities(train.predict_step(s, b), 0.5, 0),
+        lambda s, b: postprocess.masks_from_probabilities(
+            train.predict_step(s, b)["probs"], 0.5, 0),
         config.parallel, parallel.make_mesh(), out_batched=True)
 
     def run():

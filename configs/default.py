@@ -2,6 +2,8 @@
 
 import ml_collections
 
+from nerve_jax.data import duplicates
+
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -13,6 +15,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.fold = 0
     config.split_seed = 0
     config.shuffle_buffer = 16384
+    # Empty-mask members of near-duplicate pairs whose twin has a nerve (label noise, see
+    # nerve_jax/data/duplicates.py), in the training subjects only: "keep", "drop" or
+    # "relabel" (with the closest twin's mask).
+    config.clean = "keep"
+    config.duplicate_threshold = duplicates.DEFAULT_THRESHOLD
 
     # Model.
     config.model = ml_collections.ConfigDict()
@@ -20,6 +27,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.base_features = 32
     config.model.upsample = "pixel_shuffle"  # or "transpose" (same function class).
     config.model.dtype = "float32"
+    # A "nerve present" logit from the bottleneck, trained with BCE; at prediction a frame whose
+    # presence probability is below presence_threshold gets an empty mask.
+    config.model.presence_head = False
 
     # Optimisation.
     config.batch_size = 32  # Global, over all devices and hosts.
@@ -27,6 +37,8 @@ def get_config() -> ml_collections.ConfigDict:
     # Soft Dice smoothing, in pixels at model resolution: of the order of a nerve's area, so
     # that frames without a nerve keep a useful gradient against false positives.
     config.dice_smooth = 100.0
+    config.presence_weight = 1.0  # x presence BCE (with model.presence_head).
+    config.pixel_bce_weight = 0.0  # x per-pixel BCE, added to the soft Dice.
     config.optimizer = "adamw"  # or "sgd" (Nesterov momentum 0.9).
     config.learning_rate = 1e-3
     config.lr_schedule = "cosine"  # or "constant"; both after a linear warmup.
@@ -39,6 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Prediction (full resolution).
     config.threshold = 0.5  # Pixel probability threshold.
+    config.presence_threshold = 0.5  # With model.presence_head.
     # Masks with fewer pixels (at 420x580) are emptied; a false positive zeroes a frame's score.
     config.min_mask_area = 0
 

@@ -36,9 +36,10 @@ def restore_best(workdir: str) -> tuple[ml_collections.ConfigDict, train.TrainSt
 def mask_predictor(config: ml_collections.ConfigDict, mesh):
     """fn(state, batch) -> (full-resolution masks [b, 420, 580] bool, ids [b]) on all devices."""
     def predict(state, batch):
-        probs = train.predict_step(state, batch)
-        masks = postprocess.masks_from_probabilities(probs, config.threshold,
-                                                     config.min_mask_area)
+        predictions = train.predict_step(state, batch)
+        masks = postprocess.masks_from_probabilities(
+            predictions["probs"], config.threshold, config.min_mask_area,
+            predictions["presence"], config.get("presence_threshold", 0.5))
         return masks, batch["id"]
 
     return parallel.parallelize(predict, config.parallel, mesh, out_batched=True)
@@ -91,8 +92,10 @@ def save_overlay(config, state, subjects: list[int], path: str, count: int = 8) 
     truths = np.stack([kaggle.read_tiff(p.mask_path) > 0 for p in pairs])
     resized = pipeline.resize_image(images[..., None], tuple(config.image_size)).numpy()
     predict = jax.jit(train.predict_step)
-    probs = predict(jax.device_get(state), {"image": resized})
-    preds = postprocess.masks_from_probabilities(probs, config.threshold, config.min_mask_area)
+    predictions = predict(jax.device_get(state), {"image": resized})
+    preds = postprocess.masks_from_probabilities(
+        predictions["probs"], config.threshold, config.min_mask_area,
+        predictions["presence"], config.get("presence_threshold", 0.5))
     dices = np.asarray(metrics.dice_per_image(preds, truths))
     preds = np.asarray(preds)
     fig, axes = plt.subplots(2, (len(pairs) + 1) // 2, figsize=(4 * ((len(pairs) + 1) // 2), 6.4))

@@ -12,9 +12,14 @@ def full_resolution_probabilities(logits: jax.Array) -> jax.Array:
     return jax.image.resize(probs, (probs.shape[0], kaggle.HEIGHT, kaggle.WIDTH), "linear")
 
 
-def masks_from_probabilities(probs: jax.Array, threshold: float, min_area: int) -> jax.Array:
-    """[B, H, W] probabilities -> [B, H, W] bool masks; a mask with fewer than `min_area`
-    pixels is emptied (a false positive on an empty frame costs a whole image's score)."""
+def masks_from_probabilities(probs: jax.Array, threshold: float, min_area: int,
+                             presence: jax.Array | None = None,
+                             presence_threshold: float = 0.5) -> jax.Array:
+    """[B, H, W] probabilities -> [B, H, W] bool masks. A mask with fewer than `min_area`
+    pixels is emptied (a false positive on an empty frame costs a whole image's score), and so
+    is every mask whose frame's presence probability [B] is below `presence_threshold`."""
     masks = probs > threshold
-    area = jnp.sum(masks, axis=(1, 2))
-    return masks & (area >= min_area)[:, None, None]
+    keep = jnp.sum(masks, axis=(1, 2)) >= min_area
+    if presence is not None:
+        keep = keep & (presence >= presence_threshold)
+    return masks & keep[:, None, None]

@@ -33,6 +33,7 @@ def create_model(config: ml_collections.ConfigDict) -> unet.UNet:
         depth=config.model.depth,
         base_features=config.model.base_features,
         upsample=config.model.upsample,
+        presence_head=config.model.get("presence_head", False),
         dtype=jnp.dtype(config.model.dtype),
         axis_name=parallel.AXIS,
     )
@@ -77,8 +78,9 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array,
                              batch_stats=variables["batch_stats"])
 
 
-def train_step(state: TrainState, batch: dict, *, axis_name: str,
-               dice_smooth: float = 1.0) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch: dict, *, axis_name: str, dice_smooth: float = 1.0,
+               presence_weight: float = 0.0,
+               pixel_bce_weight: float = 0.0) -> tuple[TrainState, dict]:
     """One optimisation step on this device's part of the batch.
 
     batch: image [b, h, w, 1] float32, mask [b, h, w, 1] float32. Gradients and metrics are
@@ -87,9 +89,11 @@ def train_step(state: TrainState, batch: dict, *, axis_name: str,
     """
     def loss_fn(params):
         variables = {"params": params, "batch_stats": state.batch_stats}
-        logits, updates = state.apply_fn(variables, batch["image"], train=True,
-                                         mutable=["batch_stats"])
-        loss = losses.soft_dice_loss(logits, batch["mask"], dice_smooth).mean()
+        (logits, presence), updates = state.apply_fn(variables, batch["image"], train=True,
+                                                     mutable=["batch_stats"])
+        loss = losses.total_loss(logits, presence, batch["mask"], dice_smooth=dice_smooth,
+                                 presence_weight=presence_weight,
+                                 pixel_bce_weight=pixel_bce_weight).mean()
         return loss, (logits, updates["batch_stats"])
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -103,19 +107,24 @@ def train_step(state: TrainState, batch: dict, *, axis_name: str,
     return state, lax.pmean(step_metrics, axis_name)
 
 
-def predict_step(state: TrainState, batch: dict) -> jax.Array:
-    """image [b, h, w, 1] -> full-resolution nerve probabilities [b, 420, 580] float32."""
+def predict_step(state: TrainState, batch: dict) -> dict:
+    """image [b, h, w, 1] -> {"probs": full-resolution nerve probabilities [b, 420, 580],
+    "presence": probability that the frame shows a nerve [b] (1 without a presence head)},
+    float32."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    logits = state.apply_fn(variables, batch["image"], train=False)
-    return postprocess.full_resolution_probabilities(logits)
+    logits, presence = state.apply_fn(variables, batch["image"], train=False)
+    presence = (jnp.ones(logits.shape[0], jnp.float32) if presence is None
+                else jax.nn.sigmoid(presence))
+    return {"probs": postprocess.full_resolution_probabilities(logits), "presence": presence}
 
 
 def eval_step(state: TrainState, batch: dict, *, axis_name: str, threshold: float,
-              min_area: int) -> dict:
+              min_area: int, presence_threshold: float = 0.5) -> dict:
     """Sums of the Kaggle Dice (model and all-empty baseline) over the valid frames of the
     batch, at full 420x580 resolution, summed over `axis_name`."""
-    probs = predict_step(state, batch)
-    masks = postprocess.masks_from_probabilities(probs, threshold, min_area)
+    predictions = predict_step(state, batch)
+    masks = postprocess.masks_from_probabilities(predictions["probs"], threshold, min_area,
+                                                 predictions["presence"], presence_threshold)
     valid = batch["valid"].astype(jnp.float32)
     sums = {
         "dice": jnp.sum(metrics.dice_per_image(masks, batch["mask_full"]) * valid),
@@ -129,11 +138,14 @@ def compiled_steps(config: ml_collections.ConfigDict, mesh) -> tuple:
     """(train, eval, predict) step functions run over all devices per config.parallel."""
     kind = config.parallel
     train = parallel.parallelize(
-        functools.partial(train_step, axis_name=parallel.AXIS, dice_smooth=config.dice_smooth),
+        functools.partial(train_step, axis_name=parallel.AXIS, dice_smooth=config.dice_smooth,
+                          presence_weight=config.get("presence_weight", 0.0),
+                          pixel_bce_weight=config.get("pixel_bce_weight", 0.0)),
         kind, mesh, out_batched=(False, False), donate_state=True)
     evaluate = parallel.parallelize(
         functools.partial(eval_step, axis_name=parallel.AXIS, threshold=config.threshold,
-                          min_area=config.min_mask_area),
+                          min_area=config.min_mask_area,
+                          presence_threshold=config.get("presence_threshold", 0.5)),
         kind, mesh, out_batched=False)
     predict = parallel.parallelize(predict_step, kind, mesh, out_batched=True)
     return train, evaluate, predict
@@ -217,6 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     Resumes from the latest checkpoint in `workdir`.
     """
     pipeline.hide_accelerators_from_tf()
+    pipeline.check_clean_mode(config.clean)
     parallel.check_batch_size(config.batch_size)
     parallel.check_batch_size(config.eval_batch_size, "eval_batch_size")
     os.makedirs(workdir, exist_ok=True)
@@ -240,7 +253,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     log = MetricLog(workdir, enabled=is_main)
     batches = pipeline.train_batches(builder, train_subjects, config.image_size,
                                      config.batch_size, config.seed, start_step,
-                                     config.shuffle_buffer)
+                                     config.shuffle_buffer, config.clean,
+                                     config.duplicate_threshold)
     val_metrics = {}
     progress = _progress(start_step, total_steps, is_main)
     for step in range(start_step + 1, total_steps + 1):

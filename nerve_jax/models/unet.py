@@ -81,17 +81,34 @@ class Upsample(nn.Module):
         raise ValueError(f"unknown upsample {self.kind!r}; choose one of {UPSAMPLE_CHOICES}")
 
 
+class PresenceHead(nn.Module):
+    """Bottleneck features [B, h, w, C] -> one "nerve present" logit per image, [B] float32.
+
+    Global average and max pooling, concatenated, then a linear layer: the max keeps a small
+    bright structure visible that the average would dilute.
+    """
+
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        pooled = jnp.concatenate([x.mean(axis=(1, 2)), x.max(axis=(1, 2))], axis=-1)
+        return nn.Dense(1, dtype=self.dtype)(pooled)[:, 0].astype(jnp.float32)
+
+
 class UNet(nn.Module):
-    """Input [B, H, W, C] float (H, W divisible by 2**depth) -> mask logits [B, H, W, 1] float32."""
+    """Input [B, H, W, C] float (H, W divisible by 2**depth) -> (mask logits [B, H, W, 1]
+    float32, presence logits [B] float32 or None without `presence_head`)."""
 
     depth: int = 4
     base_features: int = 32
     upsample: str = "pixel_shuffle"
+    presence_head: bool = False
     dtype: Any = jnp.float32
     axis_name: str | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array | None]:
         block = functools.partial(ConvBlock, dtype=self.dtype, axis_name=self.axis_name)
         x = x.astype(self.dtype)
         skips = []
@@ -100,13 +117,14 @@ class UNet(nn.Module):
             skips.append(x)
             x = max_pool_2x2(x)
         x = block(self.base_features * 2**self.depth)(x, train)
+        presence = PresenceHead(dtype=self.dtype)(x) if self.presence_head else None
         for level in reversed(range(self.depth)):
             features = self.base_features * 2**level
             x = Upsample(features, self.upsample, dtype=self.dtype)(x)
             x = jnp.concatenate([x, skips[level]], axis=-1)
             x = block(features)(x, train)
         logits = nn.Conv(1, (1, 1), dtype=self.dtype)(x)
-        return logits.astype(jnp.float32)
+        return logits.astype(jnp.float32), presence
 
 
 def check_input_size(image_size: tuple[int, int], depth: int) -> None:

@@ -1,0 +1,73 @@
+"""Presence head: model output, BCE terms of the loss, and masks emptied by presence."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from nerve_jax import losses, parallel, postprocess, train
+from nerve_jax.models import unet
+
+
+def test_head_gives_one_logit_per_image():
+    x = jnp.zeros((3, 16, 24, 1))
+    with_head = unet.UNet(depth=2, base_features=4, presence_head=True)
+    (logits, presence), _ = with_head.init_with_output(jax.random.key(0), x)
+    assert logits.shape == (3, 16, 24, 1) and presence.shape == (3,)
+    assert presence.dtype == jnp.float32
+    (_, none), _ = unet.UNet(depth=2, base_features=4).init_with_output(jax.random.key(0), x)
+    assert none is None
+
+
+def test_presence_bce_uses_whether_the_mask_has_any_pixel():
+    masks = np.zeros((2, 4, 4, 1), np.float32)
+    masks[0, 1, 1] = 1.0
+    logits = jnp.array([2.0, 3.0])
+    expected = optax.sigmoid_binary_cross_entropy(logits, jnp.array([1.0, 0.0]))
+    np.testing.assert_allclose(losses.presence_bce_loss(logits, masks), expected, rtol=1e-6)
+
+
+def test_total_loss_adds_weighted_terms():
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(2, 4, 4, 1)), jnp.float32)
+    masks = (rng.random((2, 4, 4, 1)) > 0.5).astype(np.float32)
+    presence = jnp.array([0.3, -1.0])
+    dice = losses.soft_dice_loss(logits, masks, 1.0)
+    total = losses.total_loss(logits, presence, masks, dice_smooth=1.0, presence_weight=0.5,
+                              pixel_bce_weight=2.0)
+    expected = (dice + 0.5 * losses.presence_bce_loss(presence, masks)
+                + 2.0 * losses.pixel_bce_loss(logits, masks))
+    np.testing.assert_allclose(total, expected, rtol=1e-6)
+    no_head = losses.total_loss(logits, None, masks, dice_smooth=1.0, presence_weight=0.5)
+    np.testing.assert_allclose(no_head, dice, rtol=1e-6)
+
+
+def test_low_presence_empties_the_mask():
+    probs = jnp.full((2, 6, 6), 0.9)
+    masks = postprocess.masks_from_probabilities(probs, 0.5, 0, jnp.array([0.2, 0.8]), 0.5)
+    assert not masks[0].any() and masks[1].all()
+
+
+def test_train_step_learns_presence(test_config):
+    config = test_config()
+    config.model.presence_head = True
+    config.presence_weight = 1.0
+    state = train.create_train_state(config, jax.random.key(0))
+    h, w = config.image_size
+    images = np.zeros((8, h, w, 1), np.float32)
+    masks = np.zeros((8, h, w, 1), np.float32)
+    images[:4, 8:16, 8:20] = 1.0  # A bright blob exactly where the nerve is, in half the frames.
+    masks[:4, 8:16, 8:20] = 1.0
+    batch = {"image": images, "mask": masks}
+    mesh = parallel.make_mesh()
+    state = parallel.replicate(state, mesh)
+    step = parallel.parallelize(
+        functools.partial(train.train_step, axis_name=parallel.AXIS, dice_smooth=1.0,
+                          presence_weight=1.0),
+        "shard_map", mesh, out_batched=(False, False), donate_state=True)
+    for _ in range(30):
+        state, _ = step(state, batch)
+    presence = jax.jit(train.predict_step)(jax.device_get(state), {"image": images})["presence"]
+    assert np.all(presence[:4] > 0.5) and np.all(presence[4:] < 0.5), presence
