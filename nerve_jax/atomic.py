@@ -7,6 +7,16 @@ from collections.abc import Iterator
 from typing import IO
 
 
+def _process_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Read once at import (os.umask can only be read by setting it, which threads could observe).
+_FILE_MODE = 0o666 & ~_process_umask()
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[IO]:
     """Opens a temporary file next to `path`; renames it onto `path` only on success.
@@ -19,6 +29,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
     os.makedirs(directory, exist_ok=True)
     fd, tmp_path = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".")
     try:
+        os.chmod(tmp_path, _FILE_MODE)  # mkstemp creates 0600; give what open() would.
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
             f.flush()

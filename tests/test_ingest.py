@@ -183,3 +183,12 @@ def test_readers_name_zip_members(tmp_path):
     pairs, problems = kaggle.pair_train_files(archive)
     assert [p.name for p in pairs] == ["1_1", "1_2", "2_1", "2_2"] and problems == []
     assert kaggle.read_tiff(pairs[0].image_path).shape == (420, 580)
+
+
+def test_eda_reads_the_zipped_download(tmp_path):
+    from nerve_jax import eda
+
+    stats = eda.write_report(DUMMY, str(tmp_path / "report"), progress=False, max_samples=2)
+    assert stats["counts"]["train_pairs"] == 4 and stats["counts"]["test_images"] == 2
+    assert (tmp_path / "report" / "index.html").exists()
+    assert oct((tmp_path / "report" / "index.html").stat().st_mode & 0o777) != oct(0o600)
