@@ -2,12 +2,13 @@
 
 Every pipeline yields this process's share of a global batch as NumPy arrays:
   train: image [b, h, w, 1] float32 in [0, 1], mask [b, h, w, 1] float32 in {0, 1}
-  eval:  image [b, h, w, 1], mask_full [b, 420, 580] bool, valid [b] bool (False = padding)
+  eval:  image [b, h, w, 1], mask_full [b, 420, 580] bool, subject [b] int32, frame [b] int32,
+         valid [b] bool (False = padding, subject = frame = -1)
   test:  image [b, h, w, 1], id [b] int32, valid [b] bool
 """
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -15,7 +16,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from nerve_jax.data import duplicates, kaggle
+from nerve_jax.data import augment, duplicates, kaggle
 from nerve_jax.errors import UserError
 
 _SKIP_IMAGES = {"image": tfds.decode.SkipDecoding(), "mask": tfds.decode.SkipDecoding()}
@@ -42,10 +43,10 @@ def split_subjects(subjects: Sequence[int], num_folds: int, fold: int,
     """
     subjects = sorted(set(int(s) for s in subjects))
     if num_folds < 2 or num_folds > len(subjects):
-        raise ValueError(f"config.num_folds={num_folds} must be between 2 and the number of "
+        raise ConfigValueError(f"config.num_folds={num_folds} must be between 2 and the number of "
                          f"subjects ({len(subjects)})")
     if not 0 <= fold < num_folds:
-        raise ValueError(f"config.fold={fold} must be in [0, {num_folds})")
+        raise ConfigValueError(f"config.fold={fold} must be in [0, {num_folds})")
     order = np.random.default_rng(seed).permutation(subjects)
     val = sorted(np.array_split(order, num_folds)[fold].tolist())
     return [s for s in subjects if s not in val], val
@@ -92,15 +93,19 @@ def check_clean_mode(clean: str) -> None:
 def train_batches(builder: tfds.core.DatasetBuilder, subjects: Sequence[int],
                   image_size: Sequence[int], global_batch: int, seed: int,
                   start_step: int = 0, shuffle_buffer: int = 16384, clean: str = "keep",
-                  duplicate_threshold: float = duplicates.DEFAULT_THRESHOLD) -> Iterator[dict]:
+                  duplicate_threshold: float = duplicates.DEFAULT_THRESHOLD,
+                  augment_config: Mapping | None = None) -> Iterator[dict]:
     """Endless shuffled training batches, resumable: starting at `start_step` yields exactly
     the batches a run from step 0 would have yielded from that step on.
 
     `clean` treats the empty-mask member of each contradictory near-duplicate pair (see
     duplicates.py, at `duplicate_threshold`): "keep" it as labelled, "drop" it, or "relabel" it
-    with the mask of its closest nerve twin.
+    with the mask of its closest nerve twin. `augment_config` (`config.augment`) augments each
+    batch after the cache, with parameters drawn from (seed, step); disabled or None leaves the
+    batches untouched.
     """
     check_clean_mode(clean)
+    augmentation = augment.from_config(augment_config)
     batch = local_batch_size(global_batch)
     size = tuple(image_size)
 
@@ -113,8 +118,10 @@ def train_batches(builder: tfds.core.DatasetBuilder, subjects: Sequence[int],
     ds = _this_process(ds)
     ds = ds.map(preprocess, tf.data.AUTOTUNE).cache()
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.skip(start_step * batch)
-    return ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+    ds = ds.skip(start_step * batch).batch(batch, drop_remainder=True)
+    if augmentation is not None:
+        ds = augment.augment_batches(ds, augmentation, seed, jax.process_index(), start_step)
+    return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
 def _frame_name(ex: dict) -> tf.Tensor:
@@ -185,6 +192,7 @@ def eval_batches(builder: tfds.core.DatasetBuilder, subjects: Sequence[int],
     def preprocess(ex):
         return {"image": resize_image(ex["image"], size),
                 "mask_full": tf.cast(ex["mask"][..., 0], tf.bool),
+                "subject": ex["subject"], "frame": ex["frame"],
                 "valid": tf.constant(True)}
 
     ds = _this_process(_subjects_split(builder, subjects))
@@ -192,6 +200,7 @@ def eval_batches(builder: tfds.core.DatasetBuilder, subjects: Sequence[int],
     num_examples = _count(_subjects_split(builder, subjects, decode_images=False))
     padding = {"image": tf.zeros((*size, 1)),
                "mask_full": tf.zeros((kaggle.HEIGHT, kaggle.WIDTH), tf.bool),
+               "subject": tf.constant(-1, tf.int32), "frame": tf.constant(-1, tf.int32),
                "valid": tf.constant(False)}
     return _padded_batches(ds, num_examples, global_batch, padding).as_numpy_iterator()
 
