@@ -20,6 +20,21 @@ def get_config() -> ml_collections.ConfigDict:
     # "relabel" (with the closest twin's mask).
     config.clean = "keep"
     config.duplicate_threshold = duplicates.DEFAULT_THRESHOLD
+    # Training augmentation at model resolution, after the cache (nerve_jax/data/augment.py):
+    # one affine per example moves image and mask together; brightness, contrast and gamma
+    # touch the image only. ± fields are off at 0, (min, max) fields at (1.0, 1.0).
+    config.augment = ml_collections.ConfigDict()
+    config.augment.enabled = False  # Master switch; an ablation decides what is on by default.
+    config.augment.shift = 0.05  # ± fraction of height and width (~±9 px at 128x176).
+    config.augment.rotation = 5.0  # ± degrees.
+    config.augment.zoom = (0.9, 1.1)  # (min, max) scale; > 1 enlarges.
+    # Left-right flip probability. Real nerves sit right of centre (DATASET.md: centroid
+    # columns 267-399 of 580), so a flip shows the model positions it never meets in the test.
+    config.augment.flip = 0.5
+    config.augment.brightness = 0.05  # ± offset added to the [0, 1] image.
+    config.augment.contrast = (0.9, 1.1)  # (min, max) factor around each image's mean.
+    config.augment.gamma = (0.9, 1.1)  # (min, max) exponent of the [0, 1] image.
+    config.augment.fill_mode = "reflect"  # Outside the frame: "reflect", "nearest", "constant".
 
     # Model.
     config.model = ml_collections.ConfigDict()
@@ -54,9 +69,22 @@ def get_config() -> ml_collections.ConfigDict:
     config.presence_threshold = 0.5  # With model.presence_head.
     # Masks with fewer pixels (at 420x580) are emptied; a false positive zeroes a frame's score.
     config.min_mask_area = 0
+    # Host-side shape steps at 420x580 (nerve_jax/postprocess.py; `nerve-jax tune` searches
+    # them with the thresholds above on held-out predictions and writes <workdir>/
+    # postprocess.json, which evaluate and predict then use instead of these values).
+    config.min_component_area = 0  # Connected components with fewer pixels are dropped.
+    config.largest_component_only = False  # Every real mask is one connected component.
+    config.fill_holes = False
+    config.ellipse_fit = False  # Replace each component by its fitted ellipse.
+    # Test-time augmentation in evaluate, predict and the held-out predictions: "none", or
+    # "hflip" (average with the prediction of the mirrored image, mirrored back).
+    config.tta = "none"
 
     # Bookkeeping.
     config.log_every_steps = 50
     config.eval_every_steps = 500
+    # Stop after this many evaluations without a better validation Dice (0: never); the best
+    # checkpoint is the one evaluate and predict use.
+    config.early_stopping_patience = 0
     config.checkpoints_to_keep = 2
     return config

@@ -69,24 +69,36 @@ def _cmd_eda(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
-    from nerve_jax import config_util, train
+    from nerve_jax import config_util, inference, train
 
     config = config_util.load_config_file(args.config)
     config_util.apply_overrides(config, overrides)
+    inference.resolve_tta(config)  # A bad config.tta fails now, not after training.
     result = train.train_and_evaluate(config, args.workdir)
     print(json.dumps(result.val_metrics, indent=2))
+    heldout = inference.write_heldout_predictions(args.workdir)
+    print(f"held-out predictions for `nerve-jax tune`: {heldout['heldout']} "
+          f"({heldout['frames']} frames, checkpoint step {heldout['step']}, tta {heldout['tta']})")
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from nerve_jax import inference
 
-    result = inference.evaluate(args.workdir)
+    result = inference.evaluate(args.workdir, args.tta)
     print(f"validation subjects {result['val_subjects']} ({result['val_frames']} frames), "
-          f"checkpoint step {result['step']}")
+          f"checkpoint step {result['step']}, tta {result['tta']}")
+    print(f"post-processing: {result['postprocess_source']}")
     print(f"Kaggle Dice (420x580): model {result['val_dice']:.4f}   "
           f"all-empty baseline {result['val_empty_dice']:.4f}")
+    if result["postprocess"] != result["config_postprocess"]:
+        print(f"  with the config's post-processing instead: "
+              f"{result['val_dice_config_postprocess']:.4f}")
+    if result["postprocess_tuned_on_these_frames"]:
+        print("  note: the post-processing was tuned on these frames, so the score is "
+              "optimistic; `nerve-jax tune` prints a leave-one-fold-out estimate")
     print(f"results: {os.path.join(os.path.abspath(args.workdir), inference.EVAL_FILE)}")
+    print(f"held-out predictions: {result['heldout_predictions']}")
     print(f"overlay: {os.path.abspath(result['overlay'])}")
     return 0
 
@@ -94,10 +106,53 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from nerve_jax import inference
 
-    result = inference.predict(args.workdir, args.out, args.test_dir)
+    result = inference.predict(args.workdir, args.out, args.test_dir, args.tta)
+    models = result["models"]
+    if len(models) > 1:
+        print(f"ensemble of {len(models)} models (probabilities and presence averaged):")
+    for model in models:
+        print(f"  {model['workdir']}: checkpoint step {model['step']}, tta {model['tta']}")
+    print(f"post-processing: {result['postprocess_source']}")
+    tuned_tta = result["postprocess_tuned_tta"]
+    if tuned_tta and sorted({m["tta"] for m in models}) != tuned_tta:
+        print(f"  note: tuned on predictions with tta {tuned_tta}")
+    for workdir in result["postprocess_ignored"]:
+        print(f"  note: {workdir}/postprocess.json holds other values; not used")
     print(f"submission: {result['submission']} ({result['images']} images, "
-          f"{result['non_empty']} with a nerve; checkpoint step {result['step']})")
+          f"{result['non_empty']} with a nerve)")
     return _check(args.out, args.test_dir)
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from nerve_jax import tune
+
+    result = tune.tune(args.workdir, workers=args.workers, progress=not args.quiet)
+    for fold in result["folds"]:
+        print(f"{fold['workdir']}: {fold['frames']} held-out frames, subjects "
+              f"{fold['subjects']}, checkpoint step {fold['step']}, tta {fold['tta']}")
+    for workdir in result["configs_differ"]:
+        print(f"note: {workdir}'s config has other post-processing values than "
+              f"{result['folds'][0]['workdir']}'s, whose values are the defaults here")
+    scores = result["heldout_dice"]
+    workers = result["workers"]
+    print(f"searched {result['grid_points']} parameter settings on {scores['frames']} "
+          f"held-out frames in {result['seconds']:.0f} s ({workers} "
+          f"process{'es' if workers > 1 else ''}); {tune.METRIC}:")
+    print(f"  all-empty baseline      {scores['all_empty']:.4f}")
+    print(f"  config's params         {scores['config']:.4f}   {result['defaults'].describe()}")
+    print(f"  tuned (in-sample)       {scores['tuned_in_sample']:.4f}   "
+          f"{result['params'].describe()}")
+    cross = result["leave_one_fold_out_dice"]
+    if cross:
+        print(f"  leave-one-fold-out      {cross['tuned_dice']:.4f}   (config's params "
+              f"{cross['config_dice']:.4f}): each fold scored with params tuned on the others")
+    else:
+        print("  (one fold: no leave-one-fold-out estimate; the tuned score is optimistic)")
+    if result["at_grid_edge"]:
+        print(f"  note: {', '.join(result['at_grid_edge'])} at the end of the searched range")
+    for path in result["files"]:
+        print(f"wrote {path}")
+    return 0
 
 
 def _check(path: str, test_dir: str | None) -> int:
@@ -168,14 +223,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True, help="checkpoints, logs and results go here")
     p.set_defaults(run=_cmd_train, takes_overrides=True)
 
-    p = sub.add_parser("evaluate", help="Kaggle Dice on the validation subjects vs all-empty")
+    tta_help = "test-time augmentation (default: config.tta of the workdir)"
+    p = sub.add_parser("evaluate", help="Kaggle Dice on the validation subjects vs all-empty; "
+                                        "rewrites the held-out predictions")
     p.add_argument("--workdir", required=True)
+    p.add_argument("--tta", choices=("none", "hflip"), help=tta_help)
     p.set_defaults(run=_cmd_evaluate)
 
+    p = sub.add_parser(
+        "tune", help="choose post-processing on the pooled held-out predictions of the folds",
+        description="Searches thresholds, minimum areas, largest component, hole filling and "
+                    "ellipse fit for the best Kaggle Dice on the held-out predictions of the "
+                    "given fold workdirs, and writes postprocess.json into each.")
+    p.add_argument("--workdir", required=True, action="append",
+                   help="a fold's workdir; repeat for each fold")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="processes scoring frames (the result is the same for any value)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_cmd_tune)
+
     p = sub.add_parser("predict", help="predict the test images and write a submission CSV")
-    p.add_argument("--workdir", required=True)
+    p.add_argument("--workdir", required=True, action="append",
+                   help="repeat to average several models (e.g. folds); the first one's "
+                        "postprocess.json (else config) sets the post-processing")
     p.add_argument("--out", required=True, help="submission CSV to write")
     p.add_argument("--test-dir", help="folder of <id>.tif (default: <kaggle_dir>/test)")
+    p.add_argument("--tta", choices=("none", "hflip"), help=tta_help)
     p.set_defaults(run=_cmd_predict)
 
     p = sub.add_parser("check-submission", help="validate a submission CSV (exit 1 if invalid)")

@@ -1,13 +1,22 @@
-"""Restoring a trained model, evaluating it on the validation subjects, predicting test images."""
+"""Restoring trained models; held-out predictions; evaluating on the validation subjects;
+predicting test images with test-time augmentation, fold ensembles and post-processing."""
 
+import dataclasses
+import functools
 import json
 import os
+import zipfile
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import matplotlib
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from nerve_jax import checkpoint, metrics, parallel, postprocess, rle, submission, train
 from nerve_jax.atomic import atomic_open
@@ -19,55 +28,226 @@ from matplotlib import pyplot as plt  # noqa: E402
 
 EVAL_FILE = "eval.json"
 OVERLAY_FILE = "overlay_val.png"
+HELDOUT_FILE = "heldout_predictions.npz"
+TTA_CHOICES = ("none", "hflip")
+
+
+def best_step(workdir: str) -> int:
+    """The step of the checkpoint with the best validation Dice (else the latest)."""
+    mngr = checkpoint.manager(workdir, read_only=True)
+    step = mngr.best_step() or mngr.latest_step()
+    if step is None:
+        raise UserError(f"{workdir}: no checkpoint found; run `nerve-jax train` first")
+    return int(step)
 
 
 def restore_best(workdir: str) -> tuple[ml_collections.ConfigDict, train.TrainState, int]:
     """(config, replicated state, step) of the checkpoint with the best validation Dice."""
     config = train.load_config(workdir)
-    mesh = parallel.make_mesh()
-    state = parallel.replicate(train.create_train_state(config, jax.random.key(0)), mesh)
+    step = best_step(workdir)
+    # Shapes only: initialising the model eagerly would cost seconds per workdir.
+    abstract = jax.eval_shape(lambda: train.create_train_state(config, jax.random.key(0)))
+    replicated = NamedSharding(parallel.make_mesh(), P())
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
     mngr = checkpoint.manager(workdir, read_only=True)
-    step = mngr.best_step() or mngr.latest_step()
-    if step is None:
-        raise UserError(f"{workdir}: no checkpoint found; run `nerve-jax train` first")
-    return config, checkpoint.restore(mngr, step, state), step
+    return config, checkpoint.restore(mngr, step, abstract), step
 
 
-def mask_predictor(config: ml_collections.ConfigDict, mesh):
-    """fn(state, batch) -> (full-resolution masks [b, 420, 580] bool, ids [b]) on all devices."""
-    def predict(state, batch):
-        predictions = train.predict_step(state, batch)
-        masks = postprocess.masks_from_probabilities(
-            predictions["probs"], config.threshold, config.min_mask_area,
-            predictions["presence"], config.get("presence_threshold", 0.5))
-        return masks, batch["id"]
-
-    return parallel.parallelize(predict, config.parallel, mesh, out_batched=True)
+def resolve_tta(config: ml_collections.ConfigDict, tta: str | None = None) -> str:
+    """`tta` if given, else config.tta ("none" for configs older than the field)."""
+    tta = tta or config.get("tta", "none")
+    if tta not in TTA_CHOICES:
+        raise UserError(f"tta={tta!r}: choose one of {TTA_CHOICES}")
+    return tta
 
 
-def _gather(x: jax.Array) -> np.ndarray:
+def predict_logits(state: train.TrainState, batch: dict, *, tta: str = "none") -> dict:
+    """image [b, h, w, 1] -> {"logits": [b, h, w] float32 at model resolution, "presence":
+    [b] float32 probability that the frame shows a nerve (1 without a presence head)}.
+
+    tta="hflip" averages the probabilities (and presence) of each image and of its mirror
+    image, mirrored back; "logits" are then the logits of the averaged probabilities.
+    """
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+
+    def once(images):
+        logits, presence = state.apply_fn(variables, images, train=False)
+        presence = (jnp.ones(logits.shape[0], jnp.float32) if presence is None
+                    else jax.nn.sigmoid(presence.astype(jnp.float32)))
+        return logits[..., 0].astype(jnp.float32), presence
+
+    logits, presence = once(batch["image"])
+    if tta == "hflip":
+        mirrored_logits, mirrored_presence = once(batch["image"][:, :, ::-1])
+        logits = postprocess.mean_probability_logit(
+            jnp.stack([logits, mirrored_logits[:, :, ::-1]]))
+        presence = (presence + mirrored_presence) / 2
+    elif tta != "none":
+        raise ValueError(f"tta={tta!r}: choose one of {TTA_CHOICES}")
+    return {"logits": logits, "presence": presence}
+
+
+def predict_probabilities(state: train.TrainState, batch: dict, *, tta: str = "none") -> dict:
+    """predict_logits plus "probs": full-resolution probabilities [b, 420, 580] float32, the
+    same resize as train.predict_step (which equals this with tta="none")."""
+    out = predict_logits(state, batch, tta=tta)
+    return {**out, "probs": postprocess.full_resolution_probabilities(out["logits"][..., None])}
+
+
+def _gather(x) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def evaluate(workdir: str) -> dict:
-    """Kaggle Dice at full resolution on the validation subjects, next to the all-empty
-    baseline; written to workdir/eval.json with an overlay PNG of some frames."""
+def validation_subjects(config: ml_collections.ConfigDict, builder) -> list[int]:
+    frames = pipeline.frames_per_subject(builder)
+    return pipeline.split_subjects(list(frames), config.num_folds, config.fold,
+                                   config.split_seed)[1]
+
+
+def _validation_predictions(config, state, builder, subjects: list[int],
+                            tta: str) -> Iterator[dict]:
+    """Per batch, the valid validation frames of all processes: logits [n, h, w], probs
+    [n, 420, 580], presence [n], mask_full [n, 420, 580] bool, subject [n], frame [n]."""
+    def step(state, batch):
+        out = predict_probabilities(state, batch, tta=tta)
+        return {**out, **{k: batch[k] for k in ("mask_full", "subject", "frame", "valid")}}
+
+    predict = parallel.parallelize(step, config.parallel, parallel.make_mesh(), out_batched=True)
+    for batch in pipeline.eval_batches(builder, subjects, config.image_size,
+                                       config.eval_batch_size):
+        out = {k: _gather(v) for k, v in predict(state, batch).items()}
+        valid = out.pop("valid")
+        yield {k: v[valid] for k, v in out.items()}
+
+
+class HeldOut(NamedTuple):
+    """A fold's held-out predictions, as saved in workdir/heldout_predictions.npz."""
+
+    names: np.ndarray  # [N] str, "<subject>_<frame>".
+    subjects: np.ndarray  # [N] int32.
+    logits: np.ndarray  # [N, h, w] float16 at the model's resolution (see predict_logits).
+    presence: np.ndarray  # [N] float32.
+    step: int  # The checkpoint that made them.
+    tta: str
+    val_subjects: list[int]
+
+
+def save_heldout(workdir: str, heldout: HeldOut) -> str:
+    path = os.path.join(workdir, HELDOUT_FILE)
+    with atomic_open(path, "wb") as f:
+        np.savez_compressed(f, names=heldout.names, subjects=heldout.subjects,
+                            logits=heldout.logits, presence=heldout.presence,
+                            step=heldout.step, tta=heldout.tta,
+                            val_subjects=np.asarray(heldout.val_subjects, np.int32))
+    return path
+
+
+def load_heldout(workdir: str) -> HeldOut:
+    """workdir/heldout_predictions.npz; UserError naming the file if missing or unreadable."""
+    path = os.path.join(workdir, HELDOUT_FILE)
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no held-out predictions; `nerve-jax train` writes them when "
+                        f"it ends, `nerve-jax evaluate --workdir {workdir}` rewrites them")
+    try:
+        with np.load(path) as f:
+            heldout = HeldOut(f["names"], f["subjects"], f["logits"], f["presence"],
+                              int(f["step"]), str(f["tta"]), f["val_subjects"].tolist())
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise UserError(f"{path}: unreadable held-out predictions ({e}); rewrite them with "
+                        f"`nerve-jax evaluate --workdir {workdir}`") from None
+    n = len(heldout.names)
+    if heldout.logits.ndim != 3 or len(heldout.logits) != n or heldout.presence.shape != (n,):
+        raise UserError(f"{path}: arrays of inconsistent shapes; rewrite them with "
+                        f"`nerve-jax evaluate --workdir {workdir}`")
+    return heldout
+
+
+def postprocess_params(workdir: str,
+                       config: ml_collections.ConfigDict) -> tuple[postprocess.Params, str, dict]:
+    """(params, where they come from, tune's report or {}): workdir/postprocess.json when
+    present, else the config's values."""
+    loaded = postprocess.load(workdir)
+    if loaded is None:
+        return (postprocess.Params.from_config(config),
+                f"config values (no {postprocess.POSTPROCESS_FILE} in {workdir})", {})
+    params, report = loaded
+    return params, os.path.join(workdir, postprocess.POSTPROCESS_FILE), report
+
+
+def validation_pass(workdir: str, config: ml_collections.ConfigDict, state: train.TrainState,
+                    step: int, tta: str,
+                    scored: dict[str, postprocess.Params] | None = None) -> dict:
+    """Predicts the validation subjects once: writes workdir/heldout_predictions.npz and
+    returns the Kaggle Dice (420x580, empty vs empty = 1) of each of `scored`'s params,
+    as "<name>_dice", next to the all-empty baseline, over the same frames."""
+    scored = scored or {}
+    builder = train.prepare_data(config, workdir)
+    subjects = validation_subjects(config, builder)
+    sums = dict.fromkeys([*scored, "empty"], 0.0)
+    parts = []
+    for frames in _validation_predictions(config, state, builder, subjects, tta):
+        for name, params in scored.items():
+            masks = postprocess.apply_batch(frames["probs"], frames["presence"], params)
+            sums[name] += float(np.sum(metrics.dice_per_image(masks, frames["mask_full"])))
+        sums["empty"] += float(np.sum(metrics.empty_baseline_per_image(frames["mask_full"])))
+        parts.append({"logits": frames["logits"].astype(np.float16),
+                      "presence": frames["presence"].astype(np.float32),
+                      "subjects": frames["subject"].astype(np.int32),
+                      "names": np.array([f"{s}_{f}" for s, f in
+                                         zip(frames["subject"], frames["frame"], strict=True)])})
+    joined = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    heldout = HeldOut(step=int(step), tta=tta, val_subjects=subjects, **joined)
+    path = save_heldout(workdir, heldout) if jax.process_index() == 0 else None
+    count = len(heldout.names)
+    return {**{f"{name}_dice": total / count for name, total in sums.items()},
+            "frames": count, "val_subjects": subjects, "heldout": path}
+
+
+def write_heldout_predictions(workdir: str, tta: str | None = None) -> dict:
+    """Held-out predictions of the best checkpoint on the validation subjects, saved as
+    workdir/heldout_predictions.npz for `nerve-jax tune`: per frame its name, presence
+    probability and logits at model resolution (float16)."""
     pipeline.hide_accelerators_from_tf()
     config, state, step = restore_best(workdir)
-    builder = train.prepare_data(config, workdir)
-    frames = pipeline.frames_per_subject(builder)
-    _, val_subjects = pipeline.split_subjects(list(frames), config.num_folds, config.fold,
-                                              config.split_seed)
-    _, evaluate_step, _ = train.compiled_steps(config, parallel.make_mesh())
-    result = train.evaluate_subjects(evaluate_step, state, builder, config, val_subjects)
-    result.update(step=int(step), val_subjects=val_subjects,
-                  data=os.path.abspath(config.kaggle_dir),
-                  metric="Kaggle Dice, per image at 420x580, empty vs empty = 1")
+    tta = resolve_tta(config, tta)
+    result = validation_pass(workdir, config, state, step, tta)
+    return {"heldout": result["heldout"], "frames": result["frames"], "step": step, "tta": tta}
+
+
+def evaluate(workdir: str, tta: str | None = None) -> dict:
+    """Kaggle Dice at full resolution on the validation subjects, with the post-processing of
+    workdir/postprocess.json when present (else the config's), next to the config's values and
+    the all-empty baseline; written to workdir/eval.json with an overlay PNG of some frames.
+    Rewrites the held-out predictions on the way."""
+    pipeline.hide_accelerators_from_tf()
+    config, state, step = restore_best(workdir)
+    tta = resolve_tta(config, tta)
+    params, source, report = postprocess_params(workdir, config)
+    config_params = postprocess.Params.from_config(config)
+    scored = {"val": params} if params == config_params else {"val": params,
+                                                                "config": config_params}
+    scores = validation_pass(workdir, config, state, step, tta, scored)
+    tuned_on = set(report.get("tuned_on", {}).get("subjects", []))
+    result = {
+        "val_dice": scores["val_dice"], "val_empty_dice": scores["empty_dice"],
+        "val_dice_config_postprocess": scores.get("config_dice", scores["val_dice"]),
+        "val_frames": scores["frames"],
+        "step": int(step), "val_subjects": scores["val_subjects"], "tta": tta,
+        "postprocess": dataclasses.asdict(params), "postprocess_source": source,
+        "config_postprocess": dataclasses.asdict(config_params),
+        # Params tuned on these very frames score optimistically here; tune reports an
+        # estimate from folds it did not tune on.
+        "postprocess_tuned_on_these_frames": bool(tuned_on & set(scores["val_subjects"])),
+        "heldout_predictions": scores["heldout"],
+        "data": os.path.abspath(config.kaggle_dir),
+        "metric": "Kaggle Dice, per image at 420x580, empty vs empty = 1",
+    }
     if jax.process_index() == 0:
         with atomic_open(os.path.join(workdir, EVAL_FILE)) as f:
             json.dump(result, f, indent=2)
-        result["overlay"] = save_overlay(config, state, val_subjects,
-                                         os.path.join(workdir, OVERLAY_FILE))
+        result["overlay"] = save_overlay(config, state, scores["val_subjects"],
+                                         os.path.join(workdir, OVERLAY_FILE), params, tta)
     return result
 
 
@@ -85,19 +265,17 @@ def _overlay_frames(kaggle_dir: str, subjects: list[int], count: int) -> list[ka
     return chosen
 
 
-def save_overlay(config, state, subjects: list[int], path: str, count: int = 8) -> str:
+def save_overlay(config, state, subjects: list[int], path: str, params: postprocess.Params,
+                 tta: str = "none", count: int = 8) -> str:
     """PNG of validation frames: truth outline green, prediction outline red, with Dice."""
     pairs = _overlay_frames(config.kaggle_dir, subjects, count)
     images = np.stack([kaggle.read_tiff(p.image_path) for p in pairs])
     truths = np.stack([kaggle.read_tiff(p.mask_path) > 0 for p in pairs])
     resized = pipeline.resize_image(images[..., None], tuple(config.image_size)).numpy()
-    predict = jax.jit(train.predict_step)
-    predictions = predict(jax.device_get(state), {"image": resized})
-    preds = postprocess.masks_from_probabilities(
-        predictions["probs"], config.threshold, config.min_mask_area,
-        predictions["presence"], config.get("presence_threshold", 0.5))
+    predict = jax.jit(functools.partial(predict_probabilities, tta=tta))
+    predictions = jax.device_get(predict(jax.device_get(state), {"image": resized}))
+    preds = postprocess.apply_batch(predictions["probs"], predictions["presence"], params)
     dices = np.asarray(metrics.dice_per_image(preds, truths))
-    preds = np.asarray(preds)
     fig, axes = plt.subplots(2, (len(pairs) + 1) // 2, figsize=(4 * ((len(pairs) + 1) // 2), 6.4))
     for ax, pair, image, truth, pred, dice in zip(axes.flat, pairs, images, truths, preds,
                                                   dices, strict=False):
@@ -116,21 +294,61 @@ def save_overlay(config, state, subjects: list[int], path: str, count: int = 8) 
     return path
 
 
-def predict(workdir: str, out_path: str, test_dir: str | None = None) -> dict:
-    """Predicts every test image at full resolution and writes the Kaggle submission CSV."""
+def predict(workdirs: Sequence[str] | str, out_path: str, test_dir: str | None = None,
+            tta: str | None = None) -> dict:
+    """Predicts every test image at full resolution and writes the Kaggle submission CSV.
+
+    With several workdirs (e.g. the folds of a k-fold run, each with its own config and image
+    size) the full-resolution probabilities and presence are averaged over their best
+    checkpoints. The post-processing is the first workdir's postprocess.json (`nerve-jax tune`
+    over all the folds writes the same pooled choice into each), else its config's values.
+    """
+    workdirs = [workdirs] if isinstance(workdirs, str) else list(workdirs)
     pipeline.hide_accelerators_from_tf()
-    config, state, step = restore_best(workdir)
-    test_dir = test_dir or kaggle.locate(config.kaggle_dir, "test") or os.path.join(
-        config.kaggle_dir, "test")
+    models = [restore_best(w) for w in workdirs]
+    first_config = models[0][0]
+    params, source, report = postprocess_params(workdirs[0], first_config)
+    # Tune over all the folds writes one choice into each; say so where they disagree.
+    disagreeing = sorted({w for w in workdirs[1:]
+                          if (loaded := postprocess.load(w)) and loaded[0] != params})
+    test_dir = test_dir or kaggle.locate(first_config.kaggle_dir, "test") or os.path.join(
+        first_config.kaggle_dir, "test")
     images = kaggle.scan_test(test_dir)
-    predict_masks = mask_predictor(config, parallel.make_mesh())
+    batch_size = first_config.eval_batch_size
+    parallel.check_batch_size(batch_size, "eval_batch_size")
+    mesh = parallel.make_mesh()
+    ttas = [resolve_tta(config, tta) for config, _, _ in models]
+
+    def predictor(config, model_tta):
+        def step(state, batch):
+            out = predict_probabilities(state, batch, tta=model_tta)
+            return {"probs": out["probs"], "presence": out["presence"], "id": batch["id"]}
+        return parallel.parallelize(step, config.parallel, mesh, out_batched=True)
+
+    predictors = [predictor(config, t) for (config, _, _), t in zip(models, ttas, strict=True)]
+    # Every model reads the test images at its own size, in the same order and batches.
+    streams = [pipeline.test_batches(images, config.image_size, batch_size)
+               for config, _, _ in models]
     rles = {}
-    for batch in pipeline.test_batches(images, config.image_size, config.eval_batch_size):
-        masks, ids = (_gather(x) for x in predict_masks(state, batch))
-        for image_id, mask in zip(ids, masks, strict=True):
+    for batches in zip(*streams, strict=True):
+        outs = [fn(state, batch) for fn, (_, state, _), batch in
+                zip(predictors, models, batches, strict=True)]
+        probs = sum(out["probs"] for out in outs) / len(outs)
+        presence = sum(out["presence"] for out in outs) / len(outs)
+        probs, presence, ids = _gather(probs), _gather(presence), _gather(outs[0]["id"])
+        if jax.process_index() != 0:
+            continue
+        for image_id, frame_probs, frame_presence in zip(ids, probs, presence, strict=True):
             if image_id >= 0:
+                mask = postprocess.apply(frame_probs, float(frame_presence), params)
                 rles[int(image_id)] = rle.encode(mask)
     if jax.process_index() == 0:
         submission.write(out_path, list(rles), list(rles.values()))
-    return {"submission": os.path.abspath(out_path), "images": len(rles), "step": int(step),
-            "non_empty": sum(bool(r) for r in rles.values())}
+    tuned_tta = report.get("tuned_on", {}).get("tta")
+    return {"submission": os.path.abspath(out_path), "images": len(rles),
+            "non_empty": sum(bool(r) for r in rles.values()),
+            "models": [{"workdir": w, "step": int(step), "tta": t}
+                       for w, (_, _, step), t in zip(workdirs, models, ttas, strict=True)],
+            "step": int(models[0][2]), "postprocess": dataclasses.asdict(params),
+            "postprocess_source": source, "postprocess_tuned_tta": tuned_tta,
+            "postprocess_ignored": disagreeing}

@@ -10,13 +10,14 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 import tensorflow as tf
+from absl import logging
 from flax.training import train_state
 from jax import lax
 from tqdm import tqdm
 
 from nerve_jax import checkpoint, losses, metrics, parallel, postprocess
 from nerve_jax.atomic import atomic_open
-from nerve_jax.data import pipeline, tfds_builder
+from nerve_jax.data import augment, pipeline, tfds_builder
 from nerve_jax.errors import UserError
 from nerve_jax.models import unet
 
@@ -218,6 +219,32 @@ def num_train_steps(config: ml_collections.ConfigDict, num_train_frames: int) ->
     return int(config.num_epochs * steps_per_epoch)
 
 
+class BestSoFar(NamedTuple):
+    """The best validation Dice seen and the step that first reached it (-1: none yet)."""
+
+    dice: float
+    step: int
+
+    def update(self, step: int, dice: float) -> "BestSoFar":
+        return BestSoFar(dice, step) if dice > self.dice else self
+
+
+def best_so_far(mngr) -> BestSoFar:
+    """From the checkpoints on a restart: the manager always keeps the best one. (Among equal
+    scores it reports the latest step, so an exact tie may restart the patience count.)"""
+    step = mngr.best_step()
+    metrics = mngr.metrics(step) if step is not None else None
+    if not metrics:
+        return BestSoFar(float("-inf"), -1)
+    return BestSoFar(float(metrics[checkpoint.BEST_METRIC]), step)
+
+
+def patience_exhausted(step: int, best: BestSoFar, patience: int, eval_every_steps: int) -> bool:
+    """Early stopping: True once `patience` (> 0) evaluations passed without a Dice above the
+    best. Every host evaluates the same psum-ed Dice, so all of them stop at the same step."""
+    return patience > 0 and best.step >= 0 and step - best.step >= patience * eval_every_steps
+
+
 class TrainResult(NamedTuple):
     state: TrainState
     val_metrics: dict  # The last evaluation: val_dice, val_empty_dice, val_frames.
@@ -230,6 +257,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     """
     pipeline.hide_accelerators_from_tf()
     pipeline.check_clean_mode(config.clean)
+    augment.from_config(config.get("augment"))  # Bad values fail before any work.
     parallel.check_batch_size(config.batch_size)
     parallel.check_batch_size(config.eval_batch_size, "eval_batch_size")
     os.makedirs(workdir, exist_ok=True)
@@ -254,8 +282,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     batches = pipeline.train_batches(builder, train_subjects, config.image_size,
                                      config.batch_size, config.seed, start_step,
                                      config.shuffle_buffer, config.clean,
-                                     config.duplicate_threshold)
+                                     config.duplicate_threshold, config.get("augment"))
     val_metrics = {}
+    best, patience = best_so_far(mngr), config.get("early_stopping_patience", 0)
     progress = _progress(start_step, total_steps, is_main)
     for step in range(start_step + 1, total_steps + 1):
         state, step_metrics = train(state, next(batches))
@@ -268,6 +297,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             val_metrics = evaluate_subjects(evaluate, state, builder, config, val_subjects)
             log.write(step, val_metrics)
             checkpoint.save(mngr, step, state, val_metrics["val_dice"])
+            best = best.update(step, val_metrics["val_dice"])
+            if patience_exhausted(step, best, patience, config.eval_every_steps):
+                logging.info("early stopping at step %d: no better validation Dice since step "
+                             "%d", step, best.step)
+                log.write(step, {"early_stopped": 1.0})
+                break
     progress.close()
     mngr.wait_until_finished()
     return TrainResult(state, val_metrics)

@@ -1,0 +1,32 @@
+"""Early stopping on validation Dice, decided from the checkpoint manager's best step."""
+
+import json
+import os
+
+from nerve_jax import train
+
+
+def test_patience_counts_evaluations_since_the_best():
+    best = train.BestSoFar(float("-inf"), -1).update(10, 0.6).update(20, 0.6)
+    assert best == train.BestSoFar(0.6, 10)  # A tie is not an improvement.
+    assert not train.patience_exhausted(30, best, patience=0, eval_every_steps=10)
+    assert not train.patience_exhausted(20, best, patience=2, eval_every_steps=10)
+    assert train.patience_exhausted(30, best, patience=2, eval_every_steps=10)
+    assert not train.patience_exhausted(30, train.BestSoFar(float("-inf"), -1), 2, 10)
+
+
+def test_training_stops_when_validation_dice_stalls(test_config, tiny_kaggle_dir, tmp_path):
+    config = test_config()
+    config.kaggle_dir = tiny_kaggle_dir
+    config.tfds_data_dir = str(tmp_path / "tfds")
+    config.learning_rate = 0.0  # Validation Dice never changes: the first evaluation stays best.
+    config.num_train_steps = 12
+    config.eval_every_steps = 2
+    config.early_stopping_patience = 2
+    workdir = str(tmp_path / "work")
+    train.train_and_evaluate(config, workdir)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    evaluated = [r["step"] for r in records if "val_dice" in r]
+    assert evaluated == [2, 4, 6]
+    assert records[-1] == {"step": 6, "early_stopped": 1.0}

@@ -1,0 +1,216 @@
+"""Tuning post-processing on held-out predictions; hflip TTA; fold ensembles; train -> tune ->
+predict end to end on tiny synthetic data."""
+
+import dataclasses
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage import draw
+
+from nerve_jax import cli, inference, metrics, postprocess, train, tune
+from nerve_jax.errors import UserError
+
+SHAPE = (120, 160)
+# Areas scaled to SHAPE's frames; every value of every field is scored.
+SMALL_GRID = tune.Grid(thresholds=(0.3, 0.5, 0.6), min_component_areas=(0, 20, 100),
+                       min_mask_areas=(0, 50, 300), presence_thresholds=(0.2, 0.5, 0.8))
+
+
+def _disc_frames(count: int, radius_at_threshold: float, rng) -> tuple:
+    """Frames whose nerve is a disc that the pixel threshold 0.6 recovers exactly (the
+    probability falls off linearly from the centre and crosses 0.6 on the disc's edge), and
+    empty frames with a confident false positive but a low presence probability."""
+    rows, cols = np.indices(SHAPE)
+    probs, presence, truths = [], [], []
+    for i in range(count):
+        center = rng.uniform(40, 80), rng.uniform(50, 110)
+        radius = np.floor(rng.uniform(12, 20)) + 0.5  # No pixel centre on the edge.
+        distance = np.hypot(rows - center[0], cols - center[1])
+        if i % 2:
+            probs.append(np.clip(0.6 + (radius - distance) / radius_at_threshold, 0, 1))
+            truths.append(distance < radius)
+            presence.append(0.9)
+        else:
+            probs.append(np.where(distance < 8, 0.9, 0.0))
+            truths.append(np.zeros(SHAPE, bool))
+            presence.append(0.3)
+    return (np.asarray(probs, np.float32), np.asarray(presence, np.float32),
+            np.asarray(truths))
+
+
+def test_tune_finds_the_threshold_that_recovers_the_masks():
+    probs, presence, truths = _disc_frames(12, 40.0, np.random.default_rng(0))
+    defaults = postprocess.Params()
+    grid = tune.Grid(min_component_areas=(0, 100), min_mask_areas=(0, 300)).including(defaults)
+    table = tune.score_frames(probs, presence, truths, grid)
+    chosen = grid.params(tune.best_index(table, grid, defaults))
+    # Every presence threshold in (0.3, 0.9] empties the false positives; 0.5 is the default.
+    assert chosen == postprocess.Params(threshold=0.6)
+    assert table.mean(grid.index(chosen)) == 1.0
+    assert table.mean(grid.index(defaults)) < 0.99
+    assert table.empty_sum / table.frames == 0.5
+
+
+def _noisy_frames(count: int, seed: int) -> tuple:
+    """Blobby probability maps with holes and stray components; ellipse or empty truths."""
+    rng = np.random.default_rng(seed)
+    probs = ndimage.gaussian_filter(rng.random((count, *SHAPE)), (0, 2.5, 2.5))
+    probs = np.clip((probs - 0.5) * 12 + 0.5, 0, 1).astype(np.float32)
+    truths = np.zeros((count, *SHAPE), bool)
+    for i in range(0, count, 2):
+        truths[i][draw.ellipse(60, 80, 25, 14, shape=SHAPE, rotation=rng.uniform(-1, 1))] = True
+        nerve = ndimage.gaussian_filter(truths[i].astype(np.float32), 2)
+        probs[i] = np.maximum(probs[i], 0.8 * nerve)
+    return probs, rng.random(count).astype(np.float32), truths
+
+
+def test_score_table_equals_applying_each_params():
+    probs, presence, truths = _noisy_frames(8, seed=1)
+    table = tune.score_frames(probs, presence, truths, SMALL_GRID)
+    assert table.dice_sum.shape == (3, 3, 2, 2, 2, 3, 3) and table.frames == 8
+    for index in np.ndindex(table.dice_sum.shape):
+        params = SMALL_GRID.params(index)
+        masks = postprocess.apply_batch(probs, presence, params)
+        expected = np.asarray(metrics.dice_per_image(masks, truths), np.float64).mean()
+        assert table.mean(index) == pytest.approx(expected, abs=1e-6), params
+
+
+def test_tuned_params_never_score_below_the_defaults():
+    probs, presence, truths = _noisy_frames(10, seed=2)
+    defaults = postprocess.Params(threshold=0.37, min_mask_area=77, presence_threshold=0.33)
+    grid = SMALL_GRID.including(defaults)
+    assert 0.37 in grid.thresholds and 77 in grid.min_mask_areas
+    table = tune.score_frames(probs, presence, truths, grid)
+    chosen = tune.best_index(table, grid, defaults)
+    assert table.mean(chosen) >= table.mean(grid.index(defaults))
+    assert table.mean(chosen) == pytest.approx(table.dice_sum.max() / table.frames)
+
+
+def test_ties_keep_the_defaults():
+    truths = np.zeros((3, *SHAPE), bool)
+    probs = np.zeros((3, *SHAPE), np.float32)  # Nothing predicted, nothing there: all 1.
+    defaults = postprocess.Params(threshold=0.5, min_mask_area=50, presence_threshold=0.8)
+    table = tune.score_frames(probs, np.ones(3), truths, SMALL_GRID)
+    assert SMALL_GRID.params(tune.best_index(table, SMALL_GRID, defaults)) == defaults
+
+
+def test_leave_one_fold_out():
+    first = tune.score_frames(*_noisy_frames(6, seed=3), SMALL_GRID)
+    defaults = postprocess.Params()
+    same = tune.leave_one_fold_out([first, first], SMALL_GRID, defaults)
+    # Tuned on an identical fold, scored on it: the in-sample score.
+    assert same["tuned_dice"] == pytest.approx(first.dice_sum.max() / first.frames)
+    assert same["config_dice"] == pytest.approx(first.mean(SMALL_GRID.index(defaults)))
+    second = tune.score_frames(*_noisy_frames(4, seed=4), SMALL_GRID)
+    cross = tune.leave_one_fold_out([first, second], SMALL_GRID, defaults)
+    assert [f["frames"] for f in cross["per_fold"]] == [6, 4]
+    chosen_on_second = SMALL_GRID.index(postprocess.Params(**cross["per_fold"][0]["params"]))
+    assert cross["per_fold"][0]["tuned_dice"] == first.mean(chosen_on_second)
+
+
+def test_hflip_tta_averages_the_image_and_its_mirror(test_config):
+    config = test_config()
+    config.model.presence_head = True
+    state = jax.jit(lambda rng: train.create_train_state(config, rng))(jax.random.key(3))
+    images = np.random.default_rng(0).random((2, *config.image_size, 1)).astype(np.float32)
+    predict_step = jax.jit(train.predict_step)
+    plain = predict_step(state, {"image": images})
+    mirrored = predict_step(state, {"image": images[:, :, ::-1]})
+    expected_probs = (np.asarray(plain["probs"]) + np.asarray(mirrored["probs"])[:, :, ::-1]) / 2
+    expected_presence = (np.asarray(plain["presence"]) + np.asarray(mirrored["presence"])) / 2
+    tta = jax.jit(inference.predict_probabilities, static_argnames="tta")
+    out = tta(state, {"image": images}, tta="hflip")
+    np.testing.assert_allclose(out["probs"], expected_probs, atol=2e-6)
+    np.testing.assert_allclose(out["presence"], expected_presence, atol=1e-6)
+    assert np.abs(expected_probs - np.asarray(plain["probs"])).max() > 1e-4  # Not symmetric.
+    none = tta(state, {"image": images}, tta="none")
+    np.testing.assert_allclose(none["probs"], plain["probs"], atol=1e-6)
+
+
+def _train(workdir, fold, kaggle_dir, tfds_dir, *extra):
+    assert cli.main(["train", "--config", "configs/test.py", "--workdir", workdir,
+                     f"--config.kaggle_dir={kaggle_dir}", f"--config.tfds_data_dir={tfds_dir}",
+                     "--config.num_train_steps=2", f"--config.fold={fold}", *extra]) == 0
+
+
+@pytest.fixture(scope="module")
+def two_folds(tiny_kaggle_dir, tmp_path_factory) -> list[str]:
+    """Workdirs of folds 0 (hflip TTA) and 1 (presence head) of a 2-fold run, as train left
+    them. Tests that write into a workdir work on a copy."""
+    root = tmp_path_factory.mktemp("folds")
+    folds = [str(root / f"fold{i}") for i in range(2)]
+    _train(folds[0], 0, tiny_kaggle_dir, str(root / "tfds"), "--config.tta=hflip")
+    _train(folds[1], 1, tiny_kaggle_dir, str(root / "tfds"), "--config.model.presence_head=true")
+    return folds
+
+
+def _copies(workdirs, tmp_path) -> list[str]:
+    return [shutil.copytree(w, str(tmp_path / os.path.basename(w))) for w in workdirs]
+
+
+def test_train_tune_predict_with_two_folds(two_folds, tiny_kaggle_dir, tmp_path, capsys):
+    folds = _copies(two_folds, tmp_path)
+    heldout = inference.load_heldout(folds[0])
+    assert heldout.logits.dtype == np.float16 and heldout.logits.shape[1:] == (32, 48)
+    assert heldout.tta == "hflip" and len(heldout.names) == 12  # 2 subjects x 6 frames.
+    assert set(heldout.val_subjects).isdisjoint(inference.load_heldout(folds[1]).val_subjects)
+
+    assert cli.main(["tune", "--workdir", folds[0], "--workdir", folds[1], "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "24 held-out frames" in out and "leave-one-fold-out" in out
+    saved = [json.load(open(os.path.join(f, postprocess.POSTPROCESS_FILE))) for f in folds]
+    assert saved[0]["params"] == saved[1]["params"]
+    scores = saved[0]["heldout_dice"]
+    assert scores["frames"] == 24 and scores["tuned_in_sample"] >= scores["config"]
+
+    test_dir = os.path.join(tiny_kaggle_dir, "test")
+    ensemble = str(tmp_path / "ensemble.csv")
+    assert cli.main(["predict", "--workdir", folds[0], "--workdir", folds[1],
+                     "--out", ensemble, "--test-dir", test_dir]) == 0
+    out = capsys.readouterr().out
+    assert "ensemble of 2 models" in out and f"{folds[0]}/postprocess.json" in out
+    assert out.strip().endswith("valid")
+    lines = open(ensemble).read().splitlines()
+    assert lines[0] == "img,pixels" and len(lines) == 5
+
+    assert cli.main(["evaluate", "--workdir", folds[1]]) == 0
+    out = capsys.readouterr().out
+    assert "postprocess.json" in out and "tuned on these frames" in out
+
+
+def test_ensemble_of_one_workdir_twice_equals_it_alone(two_folds, tiny_kaggle_dir, tmp_path):
+    [workdir] = _copies(two_folds[:1], tmp_path)
+    # Low thresholds, so that the (barely trained) model's masks are not all empty.
+    params = postprocess.Params(threshold=0.3, presence_threshold=0.0)
+    postprocess.save(workdir, params, {})
+    test_dir = os.path.join(tiny_kaggle_dir, "test")
+    once, twice = str(tmp_path / "once.csv"), str(tmp_path / "twice.csv")
+    single = inference.predict([workdir], once, test_dir)
+    inference.predict([workdir, workdir], twice, test_dir)
+    assert open(once).read() == open(twice).read()
+    assert single["postprocess"] == dataclasses.asdict(params)
+
+
+def test_tune_refuses_bad_input(two_folds, tmp_path, capsys):
+    workdir = two_folds[0]
+    with pytest.raises(UserError, match="same subjects"):
+        tune.tune([workdir, workdir], write=False)
+    [copy] = _copies([workdir], tmp_path)
+    os.remove(os.path.join(copy, inference.HELDOUT_FILE))
+    capsys.readouterr()
+    assert cli.main(["tune", "--workdir", copy]) == 2
+    assert f"{copy}/{inference.HELDOUT_FILE}: no held-out predictions" in capsys.readouterr().err
+    with open(os.path.join(copy, inference.HELDOUT_FILE), "w") as f:
+        f.write("not an npz")
+    with pytest.raises(UserError, match="unreadable held-out predictions"):
+        tune.tune([copy], write=False)
+    result = tune.tune([workdir], write=False)
+    assert result["leave_one_fold_out_dice"] is None and result["files"] == []
+    in_two_processes = tune.tune([workdir], write=False, workers=2)
+    assert in_two_processes["heldout_dice"] == result["heldout_dice"]
+    assert not os.path.exists(os.path.join(workdir, postprocess.POSTPROCESS_FILE))
