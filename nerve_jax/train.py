@@ -299,8 +299,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             checkpoint.save(mngr, step, state, val_metrics["val_dice"])
             best = best.update(step, val_metrics["val_dice"])
             if patience_exhausted(step, best, patience, config.eval_every_steps):
-                logging.info("early stopping at step %d: no better validation Dice since step "
-                             "%d", step, best.step)
+                message = (f"early stopping at step {step}: no better validation Dice than "
+                           f"{best.dice:.4f} (step {best.step}) for {patience} evaluations")
+                logging.info(message)
+                if is_main:
+                    progress.write(message)
                 log.write(step, {"early_stopped": 1.0})
                 break
     progress.close()
