@@ -420,6 +420,16 @@ def _normalised(hist: np.ndarray) -> np.ndarray:
     return 100 * hist / max(1, hist.sum())
 
 
+def _label_grey_axes(ax, ylabel: str, title: str) -> None:
+    """Axes of a normalised grey-level histogram (0-255 on x)."""
+    ax.set_xlim(0, 255)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("grey level (0-255)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=9)
+
+
 def intensity_figure(hist_inside: np.ndarray, hist_outside: np.ndarray) -> Figure:
     fig = Figure(figsize=(7.5, 4.2), dpi=DPI, layout="constrained")
     ax = fig.subplots()
@@ -433,12 +443,8 @@ def intensity_figure(hist_inside: np.ndarray, hist_outside: np.ndarray) -> Figur
             continue
         ax.step(levels, _normalised(hist), where="mid", color=colour, linewidth=width,
                 linestyle=style, label=f"{label} (mean {mean:.1f})")
-    ax.set_xlim(0, 255)
-    ax.set_ylim(bottom=0)
-    ax.set_xlabel("grey level (0-255)")
-    ax.set_ylabel("share of the pixels in the group (%)")
-    ax.set_title("Grey-level histograms of the training images, each normalised to 100%")
-    ax.legend(fontsize=9)
+    _label_grey_axes(ax, "share of the pixels in the group (%)",
+                     "Grey-level histograms of the training images, each normalised to 100%")
     return fig
 
 
@@ -474,12 +480,7 @@ def test_vs_train_figure(train_hist: np.ndarray, test_hist: np.ndarray,
     levels = np.arange(GREY_LEVELS)
     ax_h.step(levels, _normalised(train_hist), where="mid", color=BAR_COLOUR, label="train")
     ax_h.step(levels, _normalised(test_hist), where="mid", color="#d95f02", label="test")
-    ax_h.set_xlim(0, 255)
-    ax_h.set_ylim(bottom=0)
-    ax_h.set_xlabel("grey level (0-255)")
-    ax_h.set_ylabel("share of pixels (%)")
-    ax_h.set_title("Grey levels of all pixels")
-    ax_h.legend(fontsize=9)
+    _label_grey_axes(ax_h, "share of pixels (%)", "Grey levels of all pixels")
     low, high = min(train_means.min(), test_means.min()), max(train_means.max(), test_means.max())
     bins = np.linspace(np.floor(low), np.ceil(high) + 1, 31)
     ax_m.hist(train_means, bins=bins, density=True, color=BAR_COLOUR, alpha=0.6,
