@@ -11,8 +11,7 @@ from nerve_jax.models import unet
 def test_defaults_are_added_and_user_flags_win():
     flags = xla_flags.flags_with_cpu_defaults("--xla_force_host_platform_device_count=8")
     assert flags.split() == ["--xla_force_host_platform_device_count=8",
-                             "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT,"
-                             "LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE"]
+                             "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE"]
     mine = "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"
     assert xla_flags.flags_with_cpu_defaults(mine) == mine
 
@@ -31,7 +30,7 @@ def test_this_process_runs_with_them():
     import os
 
     if xla_flags.enabled():
-        assert "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT," in os.environ[
+        assert "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE" in os.environ[
             "XLA_FLAGS"]
 
 
