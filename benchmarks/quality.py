@@ -21,6 +21,7 @@ one JSON object.
 """
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -38,6 +39,7 @@ from absl import logging  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from nerve_jax import config_util, inference, metrics, postprocess, rle, train, tune  # noqa: E402
+from nerve_jax.atomic import atomic_open  # noqa: E402
 from nerve_jax.data import kaggle, pipeline, synthetic, tfds_builder  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -150,7 +152,7 @@ def train_workdir(args, data: str, tfds_dir: str, overrides: tuple[str, ...], se
     if not os.path.isfile(done):
         start = time.perf_counter()
         train.train_and_evaluate(config, workdir)
-        with open(done, "w") as f:
+        with atomic_open(done) as f:
             json.dump({"seconds": time.perf_counter() - start}, f)
     with open(done) as f:
         timings[workdir] = json.load(f)["seconds"]
@@ -177,8 +179,8 @@ def score_models(data: str, system: System, workdirs: list[str],
                  truth: dict[int, str]) -> np.ndarray:
     """Tunes (if the system does) and predicts with `workdirs` like a user would; per test
     image Dice."""
-    for workdir in workdirs:
-        if os.path.exists(os.path.join(workdir, postprocess.POSTPROCESS_FILE)):
+    for workdir in workdirs:  # A row without tuning predicts with the config's values.
+        with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(workdir, postprocess.POSTPROCESS_FILE))
     if system.tuned:
         for workdir in workdirs:
@@ -207,7 +209,7 @@ def run_system(args, data: str, tfds_dir: str, system: System, truth: dict[int, 
 def cached(args, data, tfds_dir, system: System, truth, results: dict, path: str) -> dict:
     if system.key() not in results:
         results[system.key()] = run_system(args, data, tfds_dir, system, truth)
-        with open(path, "w") as f:
+        with atomic_open(path) as f:  # An interrupted run keeps the rows it finished.
             json.dump(results, f)
     return results[system.key()]
 
@@ -236,7 +238,10 @@ def main(argv=None):
     truth = true_masks(data)
     path = os.path.join(run_dir(args), RESULTS_FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    results = json.load(open(path)) if os.path.isfile(path) else {}
+    results = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            results = json.load(f)
     empty = {"dice": [1.0 if not pixels else 0.0 for _, pixels in sorted(truth.items())]}
     print(f"\n{len(truth)} synthetic test images from separate subjects; Kaggle Dice at "
           f"420x580, mean of {args.seeds} training seeds; {args.steps} train steps per model; "
