@@ -5,7 +5,8 @@ throughput on the same UNet, in one invocation:
 
   [--height 128 --width 160 --batch 16 --features 32 --depth 4 --steps 20 --warmup 2
    --upsample pixel_shuffle --jax-args "--parallel shard_map" --torch-args "--no-channels-last"]
-  [--jax-defaults: each round also times JAX without nerve-jax's XLA:CPU flags]
+  [--jax-defaults: each round also times JAX without nerve-jax's CPU settings]
+  [--torch-malloc: each round also times PyTorch with nerve-jax's malloc settings]
 
 Needs the optional extra `bench` (torch). Rounds ALTERNATE: in each round the JAX benchmark runs
 as a subprocess, then the PyTorch one, with the same shape flags; so slow drift of a shared
@@ -22,6 +23,7 @@ object with all of it, including every round's records.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import shlex
@@ -42,8 +44,16 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "TF_NUM_INTRAOP_THREADS",
                "TF_NUM_INTEROP_THREADS")
 FRAMEWORKS = ("jax", "torch")
-XLA_DEFAULTS = "jax_xla_defaults"  # JAX without the flags nerve_jax/xla_flags.py sets.
-LABELS = {"jax": "JAX", "torch": "PyTorch", XLA_DEFAULTS: "JAX, XLA defaults"}
+# JAX without the CPU settings nerve-jax applies at import (nerve_jax/xla_flags.py and
+# nerve_jax/host_malloc.py).
+XLA_DEFAULTS = "jax_xla_defaults"
+JAX_DEFAULTS_ENV = {"NERVE_JAX_XLA_CPU_FLAGS": "0", "NERVE_JAX_MALLOC": "0"}
+# PyTorch with nerve-jax's malloc settings, given through GLIBC_TUNABLES.
+TORCH_MALLOC = "torch_malloc"
+LABELS = {"jax": "JAX", "torch": "PyTorch", XLA_DEFAULTS: "JAX, defaults",
+          TORCH_MALLOC: "PyTorch, malloc"}
+RATIO_KEYS = {"jax": "ratio_images_per_s", XLA_DEFAULTS: "ratio_xla_defaults_images_per_s",
+              TORCH_MALLOC: "ratio_torch_malloc_images_per_s"}
 # (record key, table label, scale, format)
 ROWS = (
     ("images_per_s", "images/s", 1.0, "{:.2f}"),
@@ -63,7 +73,11 @@ def parse_args(argv=None):
     p.add_argument("--jax-args", default="", help="extra flags for train_throughput.py only")
     p.add_argument("--torch-args", default="", help="extra flags for torch_reference.py only")
     p.add_argument("--jax-defaults", action="store_true",
-                   help="each round also runs JAX with NERVE_JAX_XLA_CPU_FLAGS=0 (XLA's defaults)")
+                   help="each round also runs JAX with NERVE_JAX_XLA_CPU_FLAGS=0 and "
+                        "NERVE_JAX_MALLOC=0 (XLA's and glibc's defaults)")
+    p.add_argument("--torch-malloc", action="store_true",
+                   help="each round also runs PyTorch with GLIBC_TUNABLES set to nerve-jax's "
+                        "malloc settings (nerve_jax/host_malloc.py)")
     return p.parse_args(argv)
 
 
@@ -98,6 +112,16 @@ def run_benchmark(script: str, flags: list[str], extra_env: dict | None = None) 
                          f"{lines[-1][:200]!r}") from None
 
 
+def load_host_malloc():
+    """nerve_jax/host_malloc.py on its own: importing the package would set XLA_FLAGS in this
+    process's environment, which the subprocesses inherit."""
+    path = os.path.join(REPO, "nerve_jax", "host_malloc.py")
+    spec = importlib.util.spec_from_file_location("host_malloc", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def median_of(records: list[dict], key: str):
     values = [r[key] for r in records if r.get(key) is not None]
     return statistics.median(values) if values else None
@@ -114,8 +138,8 @@ def format_table(summary: dict, columns: tuple[str, ...]) -> str:
             value = summary[column]["median"].get(key)
             cells.append(f"{'n/a' if value is None else fmt.format(value * scale):>{width}}")
         lines.append(f"{label:<{label_width}}  " + "  ".join(cells))
-    for key, name in (("ratio_images_per_s", "JAX/PyTorch"),
-                      ("ratio_xla_defaults_images_per_s", "JAX with XLA defaults/PyTorch")):
+    for column, key in RATIO_KEYS.items():
+        name = f"{LABELS[column]}/PyTorch"
         if key in summary:
             ratio = summary[key]
             lines.append(f"{name} images/s: {ratio['median']:.2f}x median of "
@@ -136,24 +160,26 @@ def main(argv=None) -> dict:
         shared += [f"--{name}", str(getattr(args, name))]
     jax_flags = shared + shlex.split(args.jax_args)
     torch_flags = shared + shlex.split(args.torch_args)
-    columns = FRAMEWORKS + ((XLA_DEFAULTS,) if args.jax_defaults else ())
+    extra = {XLA_DEFAULTS: (JAX_SCRIPT, jax_flags, JAX_DEFAULTS_ENV),
+             TORCH_MALLOC: (TORCH_SCRIPT, torch_flags,
+                            {"GLIBC_TUNABLES": load_host_malloc().glibc_tunables()})}
+    chosen = {XLA_DEFAULTS: args.jax_defaults, TORCH_MALLOC: args.torch_malloc}
+    columns = FRAMEWORKS + tuple(c for c in extra if chosen[c])
     runs = {column: [] for column in columns}
-    ratios, default_ratios = [], []
+    ratios = {column: [] for column in columns if column != "torch"}
     for r in range(1, args.rounds + 1):
         print(f"--- round {r}/{args.rounds}", flush=True)
         runs["jax"].append(run_benchmark(JAX_SCRIPT, jax_flags))
         runs["torch"].append(run_benchmark(TORCH_SCRIPT, torch_flags))
+        for column in columns[2:]:
+            runs[column].append(run_benchmark(*extra[column]))
         torch_rate = runs["torch"][-1]["images_per_s"]
-        ratios.append(runs["jax"][-1]["images_per_s"] / torch_rate)
-        line = (f"round {r}: JAX {runs['jax'][-1]['images_per_s']:.2f} images/s, PyTorch "
-                f"{torch_rate:.2f} images/s, ratio {ratios[-1]:.2f}")
-        if args.jax_defaults:
-            runs[XLA_DEFAULTS].append(run_benchmark(JAX_SCRIPT, jax_flags,
-                                                    {"NERVE_JAX_XLA_CPU_FLAGS": "0"}))
-            default_ratios.append(runs[XLA_DEFAULTS][-1]["images_per_s"] / torch_rate)
-            line += (f"; JAX with XLA defaults {runs[XLA_DEFAULTS][-1]['images_per_s']:.2f} "
-                     f"images/s, ratio {default_ratios[-1]:.2f}")
-        print(line, flush=True)
+        for column in ratios:
+            ratios[column].append(runs[column][-1]["images_per_s"] / torch_rate)
+        print(f"round {r}: " + ", ".join(
+            f"{LABELS[c]} {runs[c][-1]['images_per_s']:.2f} images/s" for c in columns)
+            + "; ratios to PyTorch: " + ", ".join(
+            f"{LABELS[c]} {ratios[c][-1]:.2f}" for c in ratios), flush=True)
 
     summary = {
         "rounds": args.rounds,
@@ -166,9 +192,8 @@ def main(argv=None) -> dict:
     summary["jax"]["version"] = runs["jax"][0].get("jax")
     summary["torch"]["version"] = runs["torch"][0].get("torch")
     summary["torch"]["memory_format"] = runs["torch"][0].get("memory_format")
-    summary["ratio_images_per_s"] = ratio_summary(ratios)
-    if default_ratios:
-        summary["ratio_xla_defaults_images_per_s"] = ratio_summary(default_ratios)
+    for column, values in ratios.items():
+        summary[RATIO_KEYS[column]] = ratio_summary(values)
     print()
     print(f"JAX {summary['jax']['version']} vs PyTorch {summary['torch']['version']} "
           f"({summary['torch']['memory_format']}), {args.height}x{args.width}, batch "

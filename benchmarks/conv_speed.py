@@ -18,12 +18,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import nerve_jax  # noqa: E402, F401, I001  (first: its malloc settings and XLA:CPU flags)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax import lax  # noqa: E402
-
-import nerve_jax  # noqa: E402, F401  (its XLA:CPU flags, set before the backend starts)
 from benchmarks import common  # noqa: E402
 
 

@@ -17,11 +17,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import nerve_jax  # noqa: E402, F401, I001  (first: its malloc settings, before threads start)
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from nerve_jax import config_util, parallel, postprocess, rle, train, xla_flags  # noqa: E402
+from nerve_jax import (  # noqa: E402
+    config_util, host_malloc, parallel, postprocess, rle, train, xla_flags)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -76,8 +78,8 @@ def time_train(config, steps, warmup):
         jax.block_until_ready(step(state, batch))
     compile_s = time.perf_counter() - start  # Lowering + XLA compilation (pmap: + one step).
     for _ in range(warmup):
-        state, metrics = step(state, batch)
-    jax.block_until_ready(metrics)
+        state, _ = step(state, batch)
+    jax.block_until_ready(state)
 
     def one_step():
         nonlocal state
@@ -122,6 +124,7 @@ def main(argv=None):
         "batch": args.batch, "features": args.features, "depth": args.depth,
         "upsample": args.upsample, "dtype": args.dtype, "parallel": args.parallel,
         "project_xla_flags": xla_flags.enabled(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "project_host_malloc": host_malloc.enabled(),
         "steps": args.steps, "step_s_median": step_s, "step_s_min": min(times),
         "images_per_s": images_per_s, "compile_s": compile_s,
     }
