@@ -6,7 +6,7 @@ throughput on the same UNet, in one invocation:
   [--height 128 --width 160 --batch 16 --features 32 --depth 4 --steps 20 --warmup 2
    --upsample pixel_shuffle --jax-args "--parallel shard_map" --torch-args "--no-channels-last"]
   [--jax-defaults: each round also times JAX without nerve-jax's CPU settings]
-  [--torch-malloc: each round also times PyTorch with nerve-jax's malloc settings]
+  [--torch-huge-pages: each round also times PyTorch with GLIBC_TUNABLES=glibc.malloc.hugetlb=1]
 
 Needs the optional extra `bench` (torch). Rounds ALTERNATE: in each round the JAX benchmark runs
 as a subprocess, then the PyTorch one, with the same shape flags; so slow drift of a shared
@@ -23,7 +23,6 @@ object with all of it, including every round's records.
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import shlex
@@ -44,16 +43,18 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "TF_NUM_INTRAOP_THREADS",
                "TF_NUM_INTEROP_THREADS")
 FRAMEWORKS = ("jax", "torch")
-# JAX without the CPU settings nerve-jax applies at import (nerve_jax/xla_flags.py and
-# nerve_jax/host_malloc.py).
+HUGE_PAGES = "glibc.malloc.hugetlb=1"  # nerve_jax.host_malloc.TUNABLE; importing the package
+# here would put nerve-jax's XLA_FLAGS into the environment the subprocesses inherit.
+# JAX without the CPU settings of nerve-jax (the XLA:CPU flags of nerve_jax/xla_flags.py, the
+# huge pages of nerve_jax/host_malloc.py).
 XLA_DEFAULTS = "jax_xla_defaults"
-JAX_DEFAULTS_ENV = {"NERVE_JAX_XLA_CPU_FLAGS": "0", "NERVE_JAX_MALLOC": "0"}
-# PyTorch with nerve-jax's malloc settings, given through GLIBC_TUNABLES.
-TORCH_MALLOC = "torch_malloc"
+JAX_DEFAULTS_ENV = {"NERVE_JAX_XLA_CPU_FLAGS": "0", "NERVE_JAX_HUGE_PAGES": "0"}
+# PyTorch with the huge pages nerve-jax gives itself.
+TORCH_HUGE_PAGES = "torch_huge_pages"
 LABELS = {"jax": "JAX", "torch": "PyTorch", XLA_DEFAULTS: "JAX, defaults",
-          TORCH_MALLOC: "PyTorch, malloc"}
+          TORCH_HUGE_PAGES: "PyTorch, huge pages"}
 RATIO_KEYS = {"jax": "ratio_images_per_s", XLA_DEFAULTS: "ratio_xla_defaults_images_per_s",
-              TORCH_MALLOC: "ratio_torch_malloc_images_per_s"}
+              TORCH_HUGE_PAGES: "ratio_torch_huge_pages_images_per_s"}
 # (record key, table label, scale, format)
 ROWS = (
     ("images_per_s", "images/s", 1.0, "{:.2f}"),
@@ -74,10 +75,10 @@ def parse_args(argv=None):
     p.add_argument("--torch-args", default="", help="extra flags for torch_reference.py only")
     p.add_argument("--jax-defaults", action="store_true",
                    help="each round also runs JAX with NERVE_JAX_XLA_CPU_FLAGS=0 and "
-                        "NERVE_JAX_MALLOC=0 (XLA's and glibc's defaults)")
-    p.add_argument("--torch-malloc", action="store_true",
-                   help="each round also runs PyTorch with GLIBC_TUNABLES set to nerve-jax's "
-                        "malloc settings (nerve_jax/host_malloc.py)")
+                        "NERVE_JAX_HUGE_PAGES=0 (XLA's and glibc's defaults)")
+    p.add_argument("--torch-huge-pages", action="store_true",
+                   help="each round also runs PyTorch with GLIBC_TUNABLES=glibc.malloc.hugetlb=1, "
+                        "as nerve-jax runs (nerve_jax/host_malloc.py)")
     return p.parse_args(argv)
 
 
@@ -110,16 +111,6 @@ def run_benchmark(script: str, flags: list[str], extra_env: dict | None = None) 
         sys.stderr.write(proc.stderr[-4000:])
         raise SystemExit(f"{os.path.basename(script)}: last line is not JSON: "
                          f"{lines[-1][:200]!r}") from None
-
-
-def load_host_malloc():
-    """nerve_jax/host_malloc.py on its own: importing the package would set XLA_FLAGS in this
-    process's environment, which the subprocesses inherit."""
-    path = os.path.join(REPO, "nerve_jax", "host_malloc.py")
-    spec = importlib.util.spec_from_file_location("host_malloc", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def median_of(records: list[dict], key: str):
@@ -161,9 +152,8 @@ def main(argv=None) -> dict:
     jax_flags = shared + shlex.split(args.jax_args)
     torch_flags = shared + shlex.split(args.torch_args)
     extra = {XLA_DEFAULTS: (JAX_SCRIPT, jax_flags, JAX_DEFAULTS_ENV),
-             TORCH_MALLOC: (TORCH_SCRIPT, torch_flags,
-                            {"GLIBC_TUNABLES": load_host_malloc().glibc_tunables()})}
-    chosen = {XLA_DEFAULTS: args.jax_defaults, TORCH_MALLOC: args.torch_malloc}
+             TORCH_HUGE_PAGES: (TORCH_SCRIPT, torch_flags, {"GLIBC_TUNABLES": HUGE_PAGES})}
+    chosen = {XLA_DEFAULTS: args.jax_defaults, TORCH_HUGE_PAGES: args.torch_huge_pages}
     columns = FRAMEWORKS + tuple(c for c in extra if chosen[c])
     runs = {column: [] for column in columns}
     ratios = {column: [] for column in columns if column != "torch"}

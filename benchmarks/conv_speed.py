@@ -18,11 +18,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import nerve_jax  # noqa: E402, F401, I001  (first: its malloc settings and XLA:CPU flags)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax import lax  # noqa: E402
+
+import nerve_jax  # noqa: E402, F401  (its XLA:CPU flags, set before the backend starts)
 from benchmarks import common  # noqa: E402
 
 
@@ -112,4 +113,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from nerve_jax import host_malloc
+
+    host_malloc.reexec_with_huge_pages()  # Both frameworks run in this process, with them.
     main()

@@ -17,13 +17,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import nerve_jax  # noqa: E402, F401, I001  (first: its malloc settings, before threads start)
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from nerve_jax import (  # noqa: E402
-    config_util, host_malloc, parallel, postprocess, rle, train, xla_flags)
+from nerve_jax import config_util, parallel, postprocess, rle, train, xla_flags  # noqa: E402
+from nerve_jax.host_malloc import TUNABLE, reexec_with_huge_pages  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -124,7 +123,7 @@ def main(argv=None):
         "batch": args.batch, "features": args.features, "depth": args.depth,
         "upsample": args.upsample, "dtype": args.dtype, "parallel": args.parallel,
         "project_xla_flags": xla_flags.enabled(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "project_host_malloc": host_malloc.enabled(),
+        "huge_pages": TUNABLE in os.environ.get("GLIBC_TUNABLES", ""),
         "steps": args.steps, "step_s_median": step_s, "step_s_min": min(times),
         "images_per_s": images_per_s, "compile_s": compile_s,
     }
@@ -148,4 +147,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()
     main()

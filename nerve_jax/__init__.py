@@ -1,10 +1,7 @@
 """nerve-jax: brachial plexus nerve segmentation in neck ultrasound, in JAX/Flax."""
 
-from nerve_jax import host_malloc as _host_malloc
 from nerve_jax import xla_flags as _xla_flags
 
-# Before anything starts threads: arenas that threads already own keep their old behaviour.
-_host_malloc.apply()
 # Before anything creates a JAX backend: XLA reads XLA_FLAGS once, when the first one starts.
 _xla_flags.apply()
 

@@ -5,6 +5,7 @@ import json
 import os
 import sys
 
+from nerve_jax import host_malloc
 from nerve_jax.errors import UserError
 
 
@@ -274,5 +275,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> int:
+    """The `nerve-jax` command: main() in a process that gets huge pages for its big allocations
+    (it restarts once to get them; nerve_jax/host_malloc.py)."""
+    host_malloc.reexec_with_huge_pages()
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

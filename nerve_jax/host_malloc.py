@@ -1,52 +1,77 @@
-"""glibc malloc settings nerve-jax applies at import, so that host memory is reused, not re-mapped.
+"""Huge pages for glibc's large allocations, so that XLA:CPU's temporaries fault 2 MiB at a time.
 
 XLA:CPU allocates each execution's temporaries afresh: 1.2 GB for the default train step
 (benchmarks/train_throughput.py). glibc serves an allocation that large with a fresh mmap and
-hands it back with munmap, so every step page-faults all of it again (300k faults of 4 KiB, with
-the kernel zeroing each page) before any work is done; a 42 MB elementwise op took 20 ms instead
-of 3. With one arena, no mmap and no trimming, freed blocks stay in the heap and the next step
-reuses them: train step 2770 -> 2460 ms here (README, Performance).
+hands it back with munmap, so every step faults all of it in again, 4 KiB page by page (300k
+faults, the kernel zeroing each page) before any work is done; a 42 MB elementwise op took 20 ms
+instead of 3. glibc's tunable `glibc.malloc.hugetlb=1` makes it ask for transparent huge pages on
+those mappings: train step 2.76-2.84 s -> 2.34-2.51 s here, peak RSS unchanged (README,
+Performance).
 
-The cost: the process keeps what it freed (its RSS stays near its peak), and the one heap can
-fragment, which raised the benchmark's peak RSS from 2.7 GB to 2.7-3.8 GB between runs.
-`NERVE_JAX_MALLOC=0` turns this off. Only glibc (Linux) has these knobs; elsewhere it does
-nothing. Another process (PyTorch's, say) can get the same at its start from the environment:
-GLIBC_TUNABLES set to `glibc_tunables()` (benchmarks/compare_torch.py --torch-malloc does).
+glibc reads tunables when a process starts, so `nerve-jax` and the benchmarks restart themselves
+once with GLIBC_TUNABLES extended (`reexec_with_huge_pages`); a program that imports nerve_jax
+sets it itself: GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python my_script.py. It matters where the
+kernel's transparent huge pages are in "madvise" mode (Debian's and Ubuntu's default): in
+"always" mode the kernel does it unasked, in "never" mode nothing does. glibc has the tunable
+since 2.35. NERVE_JAX_HUGE_PAGES=0 turns the restart off.
 """
 
-import ctypes
 import os
 import platform
+import sys
 
-# mallopt parameters (glibc malloc.h) and the values set.
-M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
-SETTINGS = (
-    # One arena: threads other than the main one would otherwise get arenas whose heaps are
-    # capped at 64 MiB, and glibc serves anything bigger there with mmap whatever M_MMAP_MAX says.
-    ("arena_max", M_ARENA_MAX, 1),
-    ("mmap_max", M_MMAP_MAX, 0),
-    ("trim_threshold", M_TRIM_THRESHOLD, -1),  # -1: never give the top of the heap back.
-)
-OPT_OUT_VARIABLE = "NERVE_JAX_MALLOC"
+TUNABLE = "glibc.malloc.hugetlb=1"
+OPT_OUT_VARIABLE = "NERVE_JAX_HUGE_PAGES"
+THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
+MIN_GLIBC = (2, 35)
 
 
-def glibc_tunables() -> str:
-    """The same settings as a GLIBC_TUNABLES value, for a process started from outside."""
-    return ":".join(f"glibc.malloc.{name}={value if value >= 0 else 2**64 - 1}"
-                    for name, _, value in SETTINGS)
+def thp_mode(path: str = THP_MODE_FILE) -> str | None:
+    """The kernel's transparent huge page mode ('always', 'madvise', 'never'), None if unknown."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return None
+    start, end = text.find("["), text.find("]")
+    return text[start + 1:end] if 0 <= start < end else None
 
 
-def enabled(environ=os.environ) -> bool:
-    return environ.get(OPT_OUT_VARIABLE, "1") != "0" and platform.libc_ver()[0] == "glibc"
+def glibc_version() -> tuple[int, ...] | None:
+    name, version = platform.libc_ver()
+    if name != "glibc" or not version:
+        return None
+    return tuple(int(part) for part in version.split(".")[:2])
 
 
-def apply(environ=os.environ) -> bool:
-    """Sets the malloc parameters if enabled; True when all of them took effect.
+def tunables_with_huge_pages(tunables: str) -> str:
+    """A GLIBC_TUNABLES value with glibc.malloc.hugetlb=1 added (other tunables kept)."""
+    items = [item for item in tunables.split(":") if item]
+    if not any(item.startswith("glibc.malloc.hugetlb=") for item in items):
+        items.append(TUNABLE)
+    return ":".join(items)
 
-    Arenas that threads already own keep working as before, so this belongs before anything
-    starts threads (nerve_jax/__init__.py runs it first)."""
-    if not enabled(environ):
+
+def should_reexec(environ=os.environ, mode: str | None = None,
+                  glibc: tuple[int, ...] | None = None) -> bool:
+    """True when a restart with the tunable would change how this process gets its pages."""
+    if environ.get(OPT_OUT_VARIABLE, "1") == "0":
         return False
-    mallopt = ctypes.CDLL(None).mallopt
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    return all(mallopt(param, value) == 1 for _, param, value in SETTINGS)
+    tunables = environ.get("GLIBC_TUNABLES", "")
+    if tunables_with_huge_pages(tunables) == tunables:
+        return False  # Already set, by us or by the user: never restart twice.
+    glibc = glibc_version() if glibc is None else glibc
+    mode = thp_mode() if mode is None else mode
+    return mode == "madvise" and glibc is not None and glibc >= MIN_GLIBC
+
+
+def reexec_with_huge_pages(environ=os.environ) -> None:
+    """Replaces this process by the same command with the tunable set, when it would help.
+
+    Call it first thing in a program's entry point: whatever ran before is done again."""
+    if should_reexec(environ):
+        env = dict(environ, GLIBC_TUNABLES=tunables_with_huge_pages(
+            environ.get("GLIBC_TUNABLES", "")))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, sys.orig_argv, env)
