@@ -275,10 +275,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+# The commands that run XLA programs on batches, where a restart with huge pages pays for itself.
+HUGE_PAGE_COMMANDS = ("train", "evaluate", "predict")
+
+
 def entry() -> int:
-    """The `nerve-jax` command: main() in a process that gets huge pages for its big allocations
-    (it restarts once to get them; nerve_jax/host_malloc.py)."""
-    host_malloc.reexec_with_huge_pages()
+    """The `nerve-jax` command: main(), for train/evaluate/predict in a process that gets huge
+    pages for its big allocations (it restarts once to get them; nerve_jax/host_malloc.py)."""
+    if sys.argv[1:2] and sys.argv[1] in HUGE_PAGE_COMMANDS:
+        host_malloc.reexec_with_huge_pages()
     return main()
 
 

@@ -8,12 +8,12 @@ instead of 3. glibc's tunable `glibc.malloc.hugetlb=1` makes it ask for transpar
 those mappings: train step 2.76-2.84 s -> 2.34-2.51 s here, peak RSS unchanged (README,
 Performance).
 
-glibc reads tunables when a process starts, so `nerve-jax` and the benchmarks restart themselves
-once with GLIBC_TUNABLES extended (`reexec_with_huge_pages`); a program that imports nerve_jax
-sets it itself: GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python my_script.py. It matters where the
-kernel's transparent huge pages are in "madvise" mode (Debian's and Ubuntu's default): in
-"always" mode the kernel does it unasked, in "never" mode nothing does. glibc has the tunable
-since 2.35. NERVE_JAX_HUGE_PAGES=0 turns the restart off.
+glibc reads tunables when a process starts, so `nerve-jax train|evaluate|predict` and the
+benchmarks restart themselves once with GLIBC_TUNABLES extended (`reexec_with_huge_pages`); a
+program that imports nerve_jax sets it itself: GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python
+my_script.py. It matters where the kernel's transparent huge pages are in "madvise" mode
+(Debian's and Ubuntu's default): in "always" mode the kernel does it unasked, in "never" mode
+nothing does. glibc has the tunable since 2.35. NERVE_JAX_HUGE_PAGES=0 turns the restart off.
 """
 
 import os

@@ -76,3 +76,20 @@ def test_thp_mode_is_read_from_the_bracket(tmp_path):
     path.write_text("always [madvise] never\n")
     assert host_malloc.thp_mode(str(path)) == "madvise"
     assert host_malloc.thp_mode(str(tmp_path / "missing")) is None
+
+
+@pytest.mark.parametrize("argv, restarts", [
+    (["nerve-jax", "train", "--config", "c.py", "--workdir", "w"], True),
+    (["nerve-jax", "predict", "--workdir", "w"], True),
+    (["nerve-jax", "check-submission", "s.csv"], False),
+    (["nerve-jax"], False),
+])
+def test_command_restarts_only_for_xla_work(monkeypatch, argv, restarts):
+    from nerve_jax import cli
+
+    calls = []
+    monkeypatch.setattr(cli.host_malloc, "reexec_with_huge_pages", lambda: calls.append(1))
+    monkeypatch.setattr(cli, "main", lambda: 0)
+    monkeypatch.setattr(sys, "argv", argv)
+    assert cli.entry() == 0
+    assert bool(calls) is restarts
