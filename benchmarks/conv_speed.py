@@ -8,7 +8,8 @@ extra, by PyTorch.
 Level l of the UNet runs at (height, width) / 2**l with features * 2**l channels in and out.
 "forward" is the convolution, "backward" the input and kernel gradients of a sum of its output
 times a fixed cotangent. Medians of --repeats calls after one warm-up; the last line is one
-JSON object.
+JSON object. Run as a script it restarts once with glibc's huge pages (nerve_jax/host_malloc.py),
+so both frameworks allocate the same way.
 """
 
 import argparse
