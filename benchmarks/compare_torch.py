@@ -7,6 +7,8 @@ throughput on the same UNet, in one invocation:
    --upsample pixel_shuffle --jax-args "--parallel shard_map" --torch-args "--no-channels-last"]
   [--jax-defaults: each round also times JAX without nerve-jax's CPU settings]
   [--torch-huge-pages: each round also times PyTorch with GLIBC_TUNABLES=glibc.malloc.hugetlb=1]
+  [--convs: then times the UNet's convolutions alone (conv_speed.py --unet) in both frameworks
+   and splits each median step into convolutions and the rest]
 
 Needs the optional extra `bench` (torch). Rounds ALTERNATE: in each round the JAX benchmark runs
 as a subprocess, then the PyTorch one, with the same shape flags; so slow drift of a shared
@@ -38,6 +40,11 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH_DIR)
 JAX_SCRIPT = os.path.join(BENCH_DIR, "train_throughput.py")
 TORCH_SCRIPT = os.path.join(BENCH_DIR, "torch_reference.py")
+CONV_SCRIPT = os.path.join(BENCH_DIR, "conv_speed.py")
+CONV_SHAPE_FLAGS = ("height", "width", "batch", "features", "depth")
+CONV_REPEATS = 5
+# conv_speed.py's column for each framework.
+CONV_COLUMNS = {"jax": "xla", "torch": "torch"}
 SHARED_FLAGS = ("height", "width", "batch", "features", "depth", "steps", "warmup", "upsample")
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "TF_NUM_INTRAOP_THREADS",
@@ -65,6 +72,11 @@ ROWS = (
     ("mfu", "MFU %", 100.0, "{:.1f}"),
     ("peak_rss_mb", "peak RSS MB", 1.0, "{:.0f}"),
 )
+# With --convs, for the JAX and PyTorch columns only.
+CONV_ROWS = (
+    ("convolutions_s", "convolutions alone ms", 1e3, "{:.0f}"),
+    ("rest_s", "rest of step ms", 1e3, "{:.0f}"),
+)
 
 
 def parse_args(argv=None):
@@ -79,7 +91,15 @@ def parse_args(argv=None):
     p.add_argument("--torch-huge-pages", action="store_true",
                    help="each round also runs PyTorch with GLIBC_TUNABLES=glibc.malloc.hugetlb=1, "
                         "as nerve-jax runs (nerve_jax/host_malloc.py)")
-    return p.parse_args(argv)
+    p.add_argument("--convs", action="store_true",
+                   help="after the rounds, time every convolution of the UNet alone "
+                        f"(conv_speed.py --unet --repeats {CONV_REPEATS}) in both frameworks; "
+                        "the table then splits each median step into convolutions and the rest")
+    args = p.parse_args(argv)
+    if args.convs and args.upsample != "pixel_shuffle":
+        p.error("--convs times the pixel_shuffle UNet's convolutions; "
+                f"it cannot split steps of --upsample {args.upsample}")
+    return args
 
 
 def clean_env(extra: dict | None = None) -> dict:
@@ -118,12 +138,23 @@ def median_of(records: list[dict], key: str):
     return statistics.median(values) if values else None
 
 
+def split_steps(summary: dict, conv_totals: dict) -> None:
+    """Adds convolutions_s (conv_speed.py --unet, forward + backward) and rest_s (median step
+    minus that) to the JAX and PyTorch medians of `summary`."""
+    for framework, column in CONV_COLUMNS.items():
+        convs = conv_totals[f"{column}_forward_s"] + conv_totals[f"{column}_backward_s"]
+        median = summary[framework]["median"]
+        median["convolutions_s"] = convs
+        median["rest_s"] = median["step_s_median"] - convs
+
+
 def format_table(summary: dict, columns: tuple[str, ...]) -> str:
-    label_width = max(len(label) for _, label, _, _ in ROWS)
+    rows = ROWS + (CONV_ROWS if "convolutions" in summary else ())
+    label_width = max(len(label) for _, label, _, _ in rows)
     widths = [max(10, len(LABELS[c])) for c in columns]
     header = "  ".join(f"{LABELS[c]:>{w}}" for c, w in zip(columns, widths, strict=True))
     lines = [f"{'median over rounds':<{label_width}}  {header}"]
-    for key, label, scale, fmt in ROWS:
+    for key, label, scale, fmt in rows:
         cells = []
         for column, width in zip(columns, widths, strict=True):
             value = summary[column]["median"].get(key)
@@ -184,6 +215,12 @@ def main(argv=None) -> dict:
     summary["torch"]["memory_format"] = runs["torch"][0].get("memory_format")
     for column, values in ratios.items():
         summary[RATIO_KEYS[column]] = ratio_summary(values)
+    if args.convs:
+        conv_flags = [flag for name in CONV_SHAPE_FLAGS
+                      for flag in (f"--{name}", str(getattr(args, name)))]
+        summary["convolutions"] = run_benchmark(
+            CONV_SCRIPT, [*conv_flags, "--unet", "--repeats", str(CONV_REPEATS)])
+        split_steps(summary, summary["convolutions"]["totals"])
     print()
     print(f"JAX {summary['jax']['version']} vs PyTorch {summary['torch']['version']} "
           f"({summary['torch']['memory_format']}), {args.height}x{args.width}, batch "
