@@ -15,7 +15,6 @@ it restarts once with glibc's huge pages, as `nerve-jax` does.
 
 import argparse
 import collections
-import functools
 import glob
 import os
 import re
@@ -28,20 +27,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 from benchmarks import common, train_throughput  # noqa: E402
-from nerve_jax import parallel, train  # noqa: E402
+from nerve_jax import parallel  # noqa: E402
 
 WORKER_THREADS = "XLAEigen"  # XLA:CPU's intra-op threads, as the trace names them.
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    common.add_step_flags(p)
+    train_throughput.add_config_flags(p)
     p.set_defaults(steps=3)
     p.add_argument("--top", type=int, default=15, help="single operations to list")
-    p.add_argument("--dtype", default="float32")
-    args = p.parse_args(argv)
-    args.parallel = "shard_map"
-    return args
+    return p.parse_args(argv)
 
 
 def category(event_name: str) -> str:
@@ -76,11 +72,7 @@ def load_xspace(logdir: str):
 
 def profile(config, steps: int) -> tuple[collections.Counter, float]:
     """(per-step ms by event name on worker threads, wall ms per traced step)."""
-    mesh = parallel.make_mesh()
-    state = parallel.replicate(train.create_train_state(config, jax.random.key(0)), mesh)
-    step = parallel.parallelize(functools.partial(train.train_step, axis_name=parallel.AXIS),
-                                config.parallel, mesh, out_batched=(False, False),
-                                donate_state=True)
+    state, step = train_throughput.state_and_step(config, parallel.make_mesh())
     batch = train_throughput.synthetic_batch(config)
     state, metrics = step(state, batch)
     jax.block_until_ready(metrics)

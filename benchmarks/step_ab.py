@@ -14,7 +14,6 @@ one JSON object. Run as a script it restarts once with glibc's huge pages, as `n
 """
 
 import argparse
-import functools
 import os
 import sys
 
@@ -23,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 from benchmarks import common, train_throughput  # noqa: E402
-from nerve_jax import parallel, train  # noqa: E402
+from nerve_jax import parallel  # noqa: E402
 
 BASE = "base"
 
@@ -32,11 +31,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("variants", nargs="+", help="'base' or 'name=value[;name=value...]'")
     p.add_argument("--rounds", type=int, default=8)
-    p.add_argument("--dtype", default="float32")
-    common.add_step_flags(p)
-    args = p.parse_args(argv)
-    args.parallel = "shard_map"  # The jitted step, which lower().compile() takes options for.
-    return args
+    # The jitted shard_map step: lower().compile() takes the options.
+    train_throughput.add_config_flags(p, parallel_choice=False)
+    return p.parse_args(argv)
 
 
 def parse_options(variant: str) -> dict:
@@ -53,10 +50,7 @@ def parse_options(variant: str) -> dict:
 
 
 def compile_step(config, options: dict, mesh, batch):
-    state = parallel.replicate(train.create_train_state(config, jax.random.key(0)), mesh)
-    step = parallel.parallelize(functools.partial(train.train_step, axis_name=parallel.AXIS),
-                                "shard_map", mesh, out_batched=(False, False),
-                                donate_state=True)
+    state, step = train_throughput.state_and_step(config, mesh)
     return step.lower(state, batch).compile(compiler_options=options), state
 
 

@@ -29,12 +29,21 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    common.add_step_flags(p)
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--parallel", default="shard_map", choices=parallel.PARALLEL_CHOICES)
+    add_config_flags(p)
     p.add_argument("--inference", action="store_true",
                    help="also time full-resolution inference")
     return p.parse_args(argv)
+
+
+def add_config_flags(parser, parallel_choice: bool = True) -> None:
+    """The step flags every benchmark shares, plus the model dtype and (if `parallel_choice`)
+    --parallel; without it make_config gets the jitted shard_map step."""
+    common.add_step_flags(parser)
+    parser.add_argument("--dtype", default="float32")
+    if parallel_choice:
+        parser.add_argument("--parallel", default="shard_map", choices=parallel.PARALLEL_CHOICES)
+    else:
+        parser.set_defaults(parallel="shard_map")
 
 
 def make_config(args):
@@ -60,12 +69,18 @@ def synthetic_batch(config, seed=0):
     return {"image": image, "mask": mask}
 
 
-def time_train(config, steps, warmup):
-    mesh = parallel.make_mesh()
+def state_and_step(config, mesh):
+    """A replicated fresh train state and the real sharded train step (donating the state)."""
     state = parallel.replicate(train.create_train_state(config, jax.random.key(0)), mesh)
     step = parallel.parallelize(functools.partial(train.train_step, axis_name=parallel.AXIS),
                                 config.parallel, mesh, out_batched=(False, False),
                                 donate_state=True)
+    return state, step
+
+
+def time_train(config, steps, warmup):
+    mesh = parallel.make_mesh()
+    state, step = state_and_step(config, mesh)
     batch = synthetic_batch(config)
     flops = None
     start = time.perf_counter()
