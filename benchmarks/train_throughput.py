@@ -89,7 +89,7 @@ def time_train(config, steps, warmup):
         cost = cost[0] if isinstance(cost, list) else cost
         flops = float(cost["flops"]) * mesh.size  # Cost analysis counts one device's program.
     else:
-        jax.block_until_ready(step(state, batch))
+        state, _ = jax.block_until_ready(step(state, batch))  # The old state was donated.
     compile_s = time.perf_counter() - start  # Lowering + XLA compilation (pmap: + one step).
     for _ in range(warmup):
         state, _ = step(state, batch)
@@ -159,6 +159,7 @@ def main(argv=None):
               f"{record['inference_images_per_s']:.1f} images/s")
     record["peak_rss_mb"] = common.peak_rss_mb()
     common.print_json(record)
+    return record
 
 
 if __name__ == "__main__":
