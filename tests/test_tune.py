@@ -2,6 +2,7 @@
 predict end to end on tiny synthetic data."""
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ from scipy import ndimage
 from skimage import draw
 
 from nerve_jax import cli, inference, metrics, postprocess, train, tune
+from nerve_jax.data import kaggle, pipeline
 from nerve_jax.errors import UserError
 
 SHAPE = (120, 160)
@@ -109,8 +111,30 @@ def test_leave_one_fold_out():
     second = tune.score_frames(*_noisy_frames(4, seed=4), SMALL_GRID)
     cross = tune.leave_one_fold_out([first, second], SMALL_GRID, defaults)
     assert [f["frames"] for f in cross["per_fold"]] == [6, 4]
-    chosen_on_second = SMALL_GRID.index(postprocess.Params(**cross["per_fold"][0]["params"]))
-    assert cross["per_fold"][0]["tuned_dice"] == first.mean(chosen_on_second)
+
+
+def test_leave_one_fold_out_scores_each_fold_with_the_others_choice():
+    """Hand-made tables over 2 thresholds: fold A prefers 0.3, folds B and C prefer 0.6."""
+    grid = tune.Grid(thresholds=(0.3, 0.6), min_component_areas=(0,), min_mask_areas=(0,),
+                     presence_thresholds=(0.5,))
+    defaults = postprocess.Params(threshold=0.3)
+
+    def table(dice_at_03, dice_at_06, frames):
+        sums = np.zeros((2, 1, 2, 2, 2, 1, 1))
+        sums[:] = 0.1 * frames  # Every refinement scores worse than none.
+        sums[0, 0, 0, 0, 0, 0, 0] = dice_at_03 * frames
+        sums[1, 0, 0, 0, 0, 0, 0] = dice_at_06 * frames
+        return tune.ScoreTable(sums, 0.0, frames)
+
+    folds = [table(0.9, 0.5, 10), table(0.4, 0.6, 10), table(0.5, 0.8, 20)]
+    result = tune.leave_one_fold_out(folds, grid, defaults)
+    # A: B + C sum to (0.4*10 + 0.5*20, 0.6*10 + 0.8*20) = (14, 22) -> 0.6 -> A scores 0.5.
+    # B: A + C give (19, 21) -> 0.6 -> 0.6.  C: A + B give (13, 11) -> 0.3 -> 0.5.
+    assert [f["tuned_dice"] for f in result["per_fold"]] == pytest.approx([0.5, 0.6, 0.5])
+    assert [f["params"]["threshold"] for f in result["per_fold"]] == [0.6, 0.6, 0.3]
+    assert [f["config_dice"] for f in result["per_fold"]] == pytest.approx([0.9, 0.4, 0.5])
+    assert result["tuned_dice"] == pytest.approx((0.5 * 10 + 0.6 * 10 + 0.5 * 20) / 40)
+    assert result["config_dice"] == pytest.approx((0.9 * 10 + 0.4 * 10 + 0.5 * 20) / 40)
 
 
 def test_hflip_tta_averages_the_image_and_its_mirror(test_config):
@@ -194,6 +218,60 @@ def test_ensemble_of_one_workdir_twice_equals_it_alone(two_folds, tiny_kaggle_di
     inference.predict([workdir, workdir], twice, test_dir)
     assert open(once).read() == open(twice).read()
     assert single["postprocess"] == dataclasses.asdict(params)
+
+
+def _mask_from_rle(pixels: str, shape=(420, 580)) -> np.ndarray:
+    """Column-major, 1-based `start length` pairs -> bool mask (written here from the format)."""
+    flat = np.zeros(shape[0] * shape[1], bool)
+    values = [int(v) for v in pixels.split()]
+    for start, length in zip(values[::2], values[1::2], strict=True):
+        flat[start - 1:start - 1 + length] = True
+    return flat.reshape(shape[1], shape[0]).T
+
+
+def _submission_masks(path) -> dict[int, np.ndarray]:
+    rows = [line.split(",") for line in open(path).read().splitlines()[1:]]
+    return {int(image_id): _mask_from_rle(pixels) for image_id, pixels in rows}
+
+
+def test_ensemble_averages_the_probabilities_of_its_models(two_folds, tiny_kaggle_dir,
+                                                            tmp_path):
+    folds = _copies(two_folds, tmp_path)
+    test_dir = os.path.join(tiny_kaggle_dir, "test")
+    images = kaggle.scan_test(test_dir)
+    probs, presence = [], []
+    for workdir in folds:  # Each model alone, on the same batches predict reads.
+        config, state, _ = inference.restore_best(workdir)
+        fn = jax.jit(functools.partial(inference.predict_probabilities,
+                                       tta=inference.resolve_tta(config)))
+        state = jax.device_get(state)
+        outs = [fn(state, {"image": b["image"]}) for b in
+                pipeline.test_batches(images, config.image_size, config.eval_batch_size)]
+        probs.append(np.concatenate([o["probs"] for o in outs])[:len(images)])
+        presence.append(np.concatenate([o["presence"] for o in outs])[:len(images)])
+    mean_probs = (probs[0] + probs[1]) / 2
+    mean_presence = (presence[0] + presence[1]) / 2  # Fold 0 has no presence head: 1.
+    threshold = float(np.median(mean_probs))  # Half of the pixels: the models disagree on many.
+    presence_threshold = float(np.median(mean_presence))  # Empties half of the images.
+    params = postprocess.Params(threshold=threshold, presence_threshold=presence_threshold)
+    for workdir in folds:
+        postprocess.save(workdir, params, {})
+    out = str(tmp_path / "ensemble.csv")
+    inference.predict(folds, out, test_dir)
+
+    got = _submission_masks(out)
+    assert sorted(got) == [im.id for im in images]
+    kept = mean_presence >= presence_threshold
+    assert 0 < kept.sum() < len(images)
+    for i, image in enumerate(images):
+        if not kept[i]:
+            assert not got[image.id].any(), image.id
+            continue
+        want = mean_probs[i] > threshold
+        near = np.abs(mean_probs[i] - threshold) < 1e-5  # Float order of the mean may differ.
+        assert np.array_equal(got[image.id][~near], want[~near]), image.id
+        for model_probs in probs:  # Not what either model alone gives.
+            assert np.count_nonzero((model_probs[i] > threshold) != want) > 100
 
 
 def test_tune_refuses_bad_input(two_folds, tmp_path, capsys):
