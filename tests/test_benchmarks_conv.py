@@ -44,7 +44,6 @@ def test_main_times_every_unet_convolution(capsys):
     assert [row["name"] for row in record["rows"]] == [c.name for c in convs]
     for key, total in record["totals"].items():
         assert total == pytest.approx(sum(row[key] for row in record["rows"]))
-        assert total > 0
 
 
 def fake_summary():

@@ -61,10 +61,14 @@ def test_same_parameters_as_one_device_shard_map(test_config, optimizer_and_refe
     else:
         # Gradients agree to ~1e-9 (the SGD case is the exact check), but Adam divides by
         # sqrt(v) + 1e-8, which turns that noise in gradient elements near 1e-8 into updates
-        # of up to ~lr. Measured here: 0.3% of elements differ by more than 0.1 lr.
+        # of up to ~lr. Measured here over the 7.7k parameters after 3 steps (8 vs 1 device):
+        # median 0.003 lr, 99th percentile 0.054 lr, largest 0.56 lr.
         diffs = np.concatenate([np.abs(a - b).ravel() for a, b in
                                 zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True)])
-        assert np.mean(diffs > 0.1 * config.learning_rate) < 0.02
+        lr = config.learning_rate
+        assert np.quantile(diffs, 0.5) < 0.01 * lr
+        assert np.quantile(diffs, 0.99) < 0.1 * lr
+        assert diffs.max() < lr
 
 
 def test_training_moves_parameters(test_config, optimizer_and_reference):

@@ -40,13 +40,3 @@ def test_reshape_max_pool_equals_flax_max_pool():
     ours = jax.grad(lambda v: (unet.max_pool_2x2(v) ** 2).sum())(x)
     flax_grad = jax.grad(lambda v: (nn.max_pool(v, (2, 2), (2, 2)) ** 2).sum())(x)
     np.testing.assert_allclose(ours, flax_grad)  # No ties in random normals.
-
-
-def test_reductions_stay_accurate_under_these_flags():
-    """BatchNorm statistics: E[x] and E[x^2] - E[x]^2 over 50k values with a large offset."""
-    x = np.random.default_rng(0).random((8, 32, 48, 4), dtype=np.float32) + 10
-    mean = jax.jit(lambda v: v.mean((0, 1, 2)))(x)
-    var = jax.jit(lambda v: (v * v).mean((0, 1, 2)) - v.mean((0, 1, 2)) ** 2)(x)
-    x64 = x.astype(np.float64)
-    np.testing.assert_allclose(mean, x64.mean((0, 1, 2)), rtol=5e-7)
-    np.testing.assert_allclose(var, x64.var((0, 1, 2)), rtol=1e-3)
