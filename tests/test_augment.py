@@ -64,6 +64,7 @@ def _differ(a: list[dict], b: list[dict], key: str = "image") -> bool:
     return any(not np.array_equal(x[key], y[key]) for x, y in zip(a, b, strict=True))
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_batches(builder, config):
     augment_config = _augment_config(config)
     first, second = (_batches(builder, config, augment_config) for _ in range(2))
@@ -222,6 +223,7 @@ def test_bad_values_raise_even_when_disabled_and_unknown_fields_are_named(config
         augment.from_config(augment_config)
 
 
+@pytest.mark.slow
 def test_training_runs_with_augmentation(data_config, builder, tmp_path):
     config = data_config.copy_and_resolve_references()
     config.augment.enabled = True

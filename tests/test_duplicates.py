@@ -101,6 +101,7 @@ def _truth_pairs(kaggle_dir: str) -> set[tuple[str, str]]:
         return {tuple(p) for p in json.load(f)["contradictory_pairs"]}
 
 
+@pytest.mark.slow
 def test_default_threshold_finds_the_injected_twins(tmp_path):
     out = str(tmp_path / "data")
     synthetic.generate(out, num_subjects=6, frames_per_subject=30, num_test=0, seed=11,
@@ -201,6 +202,7 @@ def test_drop_removes_exactly_the_empty_members(twin_builder, detected, caplog):
     assert sorted(_names_of(batch, frames)) == sorted(set(frames) - set(detected))
 
 
+@pytest.mark.slow
 def test_relabel_gives_the_empty_members_their_twins_mask(twin_builder, detected):
     builder, kaggle_dir = twin_builder
     frames = _resized_frames(kaggle_dir)

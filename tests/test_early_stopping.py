@@ -3,6 +3,8 @@
 import json
 import os
 
+import pytest
+
 from nerve_jax import train
 
 
@@ -15,6 +17,7 @@ def test_patience_counts_evaluations_since_the_best():
     assert not train.patience_exhausted(30, train.BestSoFar(float("-inf"), -1), 2, 10)
 
 
+@pytest.mark.slow
 def test_training_stops_when_validation_dice_stalls(test_config, tiny_kaggle_dir, tmp_path):
     config = test_config()
     config.kaggle_dir = tiny_kaggle_dir

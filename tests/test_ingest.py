@@ -67,6 +67,7 @@ def test_import_registers_the_builder_for_tfds_load(tmp_path):
     assert sorted(int(ex["id"]) for ex in tfds.as_numpy(ds)) == [1, 2]
 
 
+@pytest.mark.slow
 def test_tfds_build_command(tmp_path):
     """What `tfds build ultrasound_nerve --imports nerve_jax --manual_dir DIR` runs. (In
     tensorflow-datasets 4.9.10 the `tfds` launcher itself also imports apache_beam, which this

@@ -49,7 +49,9 @@ def test_eight_devices_are_forced():
     assert jax.device_count() == 8
 
 
-@pytest.mark.parametrize("num_devices,kind", [(8, "shard_map"), (1, "pmap"), (8, "pmap")])
+@pytest.mark.parametrize("num_devices,kind", [(8, "shard_map"),
+                                               pytest.param(1, "pmap", marks=pytest.mark.slow),
+                                               pytest.param(8, "pmap", marks=pytest.mark.slow)])
 def test_same_parameters_as_one_device_shard_map(test_config, optimizer_and_reference,
                                                   num_devices, kind):
     optimizer, (want, want_losses) = optimizer_and_reference

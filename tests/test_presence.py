@@ -6,11 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from nerve_jax import losses, parallel, postprocess, train
 from nerve_jax.models import unet
 
 
+@pytest.mark.slow
 def test_head_gives_one_logit_per_image():
     x = jnp.zeros((3, 16, 24, 1))
     with_head = unet.UNet(depth=2, base_features=4, presence_head=True)
@@ -50,6 +52,7 @@ def test_low_presence_empties_the_mask():
     assert not masks[0].any() and masks[1].all()
 
 
+@pytest.mark.slow
 def test_train_step_learns_presence(test_config):
     config = test_config()
     config.model.presence_head = True

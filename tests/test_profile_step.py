@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from benchmarks import profile_step
 
 TINY = ["--height", "32", "--width", "48", "--batch", "8", "--features", "4", "--depth", "2"]
@@ -14,6 +16,7 @@ def test_category_strips_the_instance_number():
     assert profile_step.category("ThunkExecutor::Execute") == "ThunkExecutor::Execute"
 
 
+@pytest.mark.slow
 def test_main_reports_fusions_of_the_traced_steps(capsys):
     record = profile_step.main([*TINY, "--steps", "1", "--top", "5"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == record

@@ -269,6 +269,7 @@ def frame_filling_ellipse() -> np.ndarray:
     return mask
 
 
+@pytest.mark.slow
 def test_jax_matches_numpy_on_full_size_masks():
     cases = [ellipse_mask(seed) for seed in range(4)] + [frame_filling_ellipse()]
     cases += [np.zeros((H, W), np.uint8), np.full((H, W), 255, np.uint8)]

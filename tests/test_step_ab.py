@@ -17,6 +17,7 @@ def test_parse_options():
         step_ab.parse_options("xla_cpu_enable_fast_math")
 
 
+@pytest.mark.slow
 def test_main_records_each_variant_every_round(capsys):
     record = step_ab.main(["base", "xla_cpu_enable_fast_math=false", "--rounds", "1", *TINY])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == record

@@ -99,6 +99,7 @@ def test_truth_file_without_contradictions(small_dir):
     assert truth["params"]["contradictory_rate"] == 0.0
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_other_seed_differs(small_dir, tmp_path):
     synthetic.generate(tmp_path / "again", seed=0, **SMALL)
     synthetic.generate(tmp_path / "other", seed=1, **SMALL)
@@ -113,6 +114,7 @@ def test_same_seed_same_bytes_other_seed_differs(small_dir, tmp_path):
     assert other["test/1.tif"] != first["test/1.tif"]
 
 
+@pytest.mark.slow
 def test_workers_do_not_change_output(tmp_path):
     args = dict(num_subjects=2, frames_per_subject=3, num_test=2, seed=5)
     synthetic.generate(tmp_path / "one", workers=1, **args)
@@ -165,6 +167,7 @@ def test_nerve_contrast_only_changes_the_nerve():
     assert not changed[~grown].any()
 
 
+@pytest.mark.slow
 def test_contradictory_twins(tmp_path):
     out = tmp_path / "twins"
     synthetic.generate(

@@ -23,6 +23,7 @@ def _config(test_config, kaggle_dir, tfds_dir, steps):
     return config
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_parameters_as_a_straight_run(
     test_config, tiny_kaggle_dir, tfds_dir, tmp_path
 ):
@@ -52,6 +53,7 @@ def test_resume_gives_the_same_parameters_as_a_straight_run(
     assert steps[:4] == [1, 2, 3, 4] and 5 in steps and 8 in steps
 
 
+@pytest.mark.slow
 def test_cli_train_evaluate_predict_check(tiny_kaggle_dir, tfds_dir, tmp_path, capsys):
     workdir = str(tmp_path / "work")
     assert (

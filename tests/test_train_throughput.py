@@ -8,6 +8,7 @@ TINY = ["--height", "32", "--width", "48", "--batch", "8", "--features", "4", "-
         "--steps", "1", "--warmup", "0"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["shard_map", "pmap"])
 def test_main_runs_the_donating_step(parallel):
     record = train_throughput.main([*TINY, "--parallel", parallel])

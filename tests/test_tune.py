@@ -71,6 +71,7 @@ def _noisy_frames(count: int, seed: int) -> tuple:
     return probs, rng.random(count).astype(np.float32), truths
 
 
+@pytest.mark.slow
 def test_score_table_equals_applying_each_params():
     probs, presence, truths = _noisy_frames(8, seed=1)
     table = tune.score_frames(probs, presence, truths, SMALL_GRID)
@@ -137,6 +138,7 @@ def test_leave_one_fold_out_scores_each_fold_with_the_others_choice():
     assert result["config_dice"] == pytest.approx((0.9 * 10 + 0.4 * 10 + 0.5 * 20) / 40)
 
 
+@pytest.mark.slow
 def test_hflip_tta_averages_the_image_and_its_mirror(test_config):
     config = test_config()
     config.model.presence_head = True
@@ -177,6 +179,7 @@ def _copies(workdirs, tmp_path) -> list[str]:
     return [shutil.copytree(w, str(tmp_path / os.path.basename(w))) for w in workdirs]
 
 
+@pytest.mark.slow
 def test_train_tune_predict_with_two_folds(two_folds, tiny_kaggle_dir, tmp_path, capsys):
     folds = _copies(two_folds, tmp_path)
     heldout = inference.load_heldout(folds[0])
@@ -207,6 +210,7 @@ def test_train_tune_predict_with_two_folds(two_folds, tiny_kaggle_dir, tmp_path,
     assert "postprocess.json" in out and "tuned on these frames" in out
 
 
+@pytest.mark.slow
 def test_ensemble_of_one_workdir_twice_equals_it_alone(two_folds, tiny_kaggle_dir, tmp_path):
     [workdir] = _copies(two_folds[:1], tmp_path)
     # Low thresholds, so that the (barely trained) model's masks are not all empty.
@@ -234,6 +238,7 @@ def _submission_masks(path) -> dict[int, np.ndarray]:
     return {int(image_id): _mask_from_rle(pixels) for image_id, pixels in rows}
 
 
+@pytest.mark.slow
 def test_ensemble_averages_the_probabilities_of_its_models(two_folds, tiny_kaggle_dir,
                                                             tmp_path):
     folds = _copies(two_folds, tmp_path)
@@ -274,6 +279,7 @@ def test_ensemble_averages_the_probabilities_of_its_models(two_folds, tiny_kaggl
             assert np.count_nonzero((model_probs[i] > threshold) != want) > 100
 
 
+@pytest.mark.slow
 def test_tune_refuses_bad_input(two_folds, tmp_path, capsys):
     workdir = two_folds[0]
     with pytest.raises(UserError, match="same subjects"):
