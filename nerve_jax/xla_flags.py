@@ -18,7 +18,8 @@ An unknown flag aborts XLA, so it is only added for the jaxlib versions it was t
 import os
 
 CPU_FLAGS = {
-    # For speed only: BatchNorm-style statistics come out the same with and without it.
+    # Reductions stay on YNNPACK. Other fusion types (e.g. INDIVIDUAL_CONVOLUTION) move them
+    # to loops that lose digits in BatchNorm's statistics (tests/test_xla_flags.py).
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE",
 }
 TESTED_JAXLIB = ("0.10.",)
