@@ -1,6 +1,6 @@
 """Times Kaggle RLE encoders side by side on synthetic full-resolution 420x580 masks.
 
-Masks mimic the competition's (see shared DATASET.md): ~41% non-empty, each one filled ellipse
+Masks mimic the competition's (docs/data.md): ~41% non-empty, each one filled ellipse
 with area ~ lognormal (median ~7,000 px, 5%-95% ~4,700-10,300), centroid rows ~100-223 and
 cols ~267-399, axis ratio ~0.4-0.65, random orientation. Stored as uint8 0/255 like the TIFFs.
 

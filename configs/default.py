@@ -28,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.augment.shift = 0.05  # ± fraction of height and width (~±9 px at 128x176).
     config.augment.rotation = 5.0  # ± degrees.
     config.augment.zoom = (0.9, 1.1)  # (min, max) scale; > 1 enlarges.
-    # Left-right flip probability. Off: real nerves sit right of centre (DATASET.md: centroid
+    # Left-right flip probability. Off: real nerves sit right of centre (docs/data.md: centroid
     # columns 267-399 of 580), so a flip shows the model positions it never meets in the test.
     config.augment.flip = 0.0
     config.augment.brightness = 0.05  # ± offset added to the [0, 1] image.

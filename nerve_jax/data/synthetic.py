@@ -3,7 +3,7 @@
 `generate` writes the Kaggle layout (`train/<subject>_<frame>[_mask].tif`, `test/<id>.tif`,
 `train_masks.csv`, `sample_submission.csv`) plus `synthetic_truth.json` (seed, parameters,
 injected label errors, test subjects) and `synthetic_test_masks.csv` (the test labels, in
-submission format). Label statistics follow /work/shared/DATASET.md.
+submission format). Label statistics follow docs/data.md.
 
 Image model, in log-amplitude units (nepers) until the final display mapping:
 - per subject a tissue map on a canvas larger than the image by MARGIN on each side: regional
@@ -131,8 +131,8 @@ def _split_normal(rng: np.random.Generator, median: float, sd_low: float, sd_hig
 
 
 def _draw_nerve(rng: np.random.Generator) -> Ellipse:
-    """Nerve ellipse in canvas coordinates, matching DATASET.md's area, shape and centroids."""
-    # Student-t (4 dof) log-area: DATASET.md's tails are heavier than a log-normal's.
+    """Nerve ellipse in canvas coordinates, matching docs/data.md's area, shape and centroids."""
+    # Student-t (4 dof) log-area: the real tails are heavier than a log-normal's.
     area = float(np.clip(6976.0 * math.exp(0.14 * rng.standard_t(4)), 2900.0, 16000.0))
     ratio = float(np.clip(rng.normal(1.9, 0.3), 1.3, 2.8))
     semi_minor = math.sqrt(area / (math.pi * ratio))
