@@ -6,8 +6,9 @@
 and checks the suite passes, ~10 min on 2 cores), then tests a seeded random sample of
 `--per-module` mutants of each module (all of them with --per-module 0: hours). Results stay in
 mutants/, so a later `run` only tests mutants not yet tested; `mutmut run NAME` retests one.
-Both print, per module, the sampled mutants tested, killed and survived (`--survivors` lists
-them), and the score killed / (killed + survived); timeouts count as killed, as in mutmut.
+Both print, per module, the sampled mutants tested, killed, survived and not reached (no test
+of the suite run calls the mutated function; `--survivors` lists the survivors), and the score
+killed / tested: a mutant not reached counts as not killed. Timeouts count as killed.
 """
 
 import argparse
@@ -24,6 +25,7 @@ MUTANTS = os.path.join(REPO, "mutants")
 MUTMUT = os.path.join(os.path.dirname(sys.executable), "mutmut")
 KILLED = {1, 3, 36, 24, -24, 152, 255}  # mutmut's "killed" and "timeout" exit codes.
 SURVIVED = {0}
+NOT_REACHED = {5, 33}  # No test of the suite run reaches the mutated function.
 
 
 def mutant_results() -> dict[str, dict[str, int | None]]:
@@ -58,22 +60,22 @@ def scores(results: dict, chosen: set[str]) -> dict[str, dict]:
     for module, codes in results.items():
         tested = {k: v for k, v in codes.items() if v is not None and k in chosen}
         count = collections.Counter("killed" if v in KILLED else "survived" if v in SURVIVED
-                                    else "other" for v in tested.values())
-        decided = count["killed"] + count["survived"]
+                                    else "not reached" if v in NOT_REACHED else "other"
+                                    for v in tested.values())
         table[module] = {"mutants": len(codes), "tested": len(tested),
-                         **{k: count[k] for k in ("killed", "survived", "other")},
-                         "score": round(count["killed"] / decided, 3) if decided else None,
+                         **{k: count[k] for k in ("killed", "survived", "not reached", "other")},
+                         "score": round(count["killed"] / len(tested), 3) if tested else None,
                          "survivors": sorted(k for k, v in tested.items() if v in SURVIVED)}
     return table
 
 
 def print_report(table: dict, survivors: bool) -> None:
-    print(f"{'module':34} {'mutants':>7} {'tested':>6} {'killed':>6} {'survived':>8} "
-          f"{'other':>5} {'score':>6}")
+    print("| module | mutants | tested | killed | survived | not reached | other | score |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for module, row in table.items():
-        score = "-" if row["score"] is None else f"{row['score']:.3f}"
-        print(f"{module:34} {row['mutants']:7d} {row['tested']:6d} {row['killed']:6d} "
-              f"{row['survived']:8d} {row['other']:5d} {score:>6}")
+        score = "-" if row["score"] is None else f"{row['score']:.2f}"
+        print(f"| {module} | {row['mutants']} | {row['tested']} | {row['killed']} | "
+              f"{row['survived']} | {row['not reached']} | {row['other']} | {score} |")
         if survivors:
             for name in row["survivors"]:
                 print(f"    survived: {name}")

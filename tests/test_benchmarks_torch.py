@@ -29,7 +29,6 @@ def test_main_reports_json_and_loss_decreases(capsys):
     for key in KEYS:
         assert key in record, key
     assert record["framework"] == "torch" and record["steps"] == 3
-    assert record["images_per_s"] > 0 and record["mfu"] > 0
     assert math.isfinite(record["loss_first"]) and math.isfinite(record["loss_last"])
     assert record["loss_last"] < record["loss_first"]
     # FlopCounterMode counts the same convolutions, minus the first layer's unneeded input grad.
