@@ -31,6 +31,12 @@ def test_keeps_the_latest_steps_and_the_best_dice(tmp_path):
     assert reader.best_step() == 2 and reader.latest_step() == 5
 
 
+def test_only_one_best_is_kept_besides_the_latest(tmp_path):
+    mngr = _save_all(tmp_path, [0.6, 0.7, 0.5, 0.3, 0.4], keep_latest=2)
+    assert sorted(mngr.all_steps()) == [2, 4, 5]  # Step 1, the second best, is gone.
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4", "5"]
+
+
 def test_a_lower_dice_never_replaces_the_best(tmp_path):
     mngr = _save_all(tmp_path, [0.9, 0.1, 0.2, 0.3], keep_latest=1)
     assert mngr.best_step() == 1

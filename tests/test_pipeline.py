@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from nerve_jax.data import pipeline
 from nerve_jax.errors import UserError
@@ -37,3 +38,13 @@ def test_smallest_and_largest_fold_counts_are_accepted():
     assert len(pipeline.split_subjects(SUBJECTS, 2, 1, seed=0)[1]) in (5, 6)
     train, val = pipeline.split_subjects(SUBJECTS, len(SUBJECTS), 0, seed=0)
     assert len(val) == 1 and len(train) == len(SUBJECTS) - 1
+
+
+def test_resize_averages_what_it_shrinks():
+    """Alternating black and white columns, shrunk 4x: an antialiased resize gives grey, point
+    sampling would give black or white."""
+    image = np.zeros((16, 64, 1), np.uint8)
+    image[:, ::2] = 255
+    small = pipeline.resize_image(tf.constant(image), (4, 16)).numpy()
+    assert small.shape == (4, 16, 1) and small.dtype == np.float32
+    np.testing.assert_allclose(small[:, 2:-2], 0.5, atol=0.02)

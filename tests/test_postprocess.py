@@ -99,7 +99,8 @@ def test_presence_threshold_empties_the_frame():
     probs = np.zeros(SHAPE, np.float32)
     probs[100:150, 200:260] = 0.9
     params = postprocess.Params(presence_threshold=0.6)
-    assert not postprocess.apply(probs, 0.59, params).any()
+    emptied = postprocess.apply(probs, 0.59, params)
+    assert emptied.dtype == bool and emptied.shape == SHAPE and not emptied.any()
     assert postprocess.apply(probs, 0.6, params).sum() == 50 * 60
 
 
@@ -159,3 +160,7 @@ def test_params_file_round_trip_and_errors(tmp_path):
     path.write_text(json.dumps({"params": bad}))
     with pytest.raises(UserError, match="fill_holes"):
         postprocess.load(str(tmp_path))
+    for name, value in [("threshold", "0.5"), ("min_mask_area", None), ("ellipse_fit", 1)]:
+        path.write_text(json.dumps({"params": {**params.__dict__, name: value}}))
+        with pytest.raises(UserError, match=f"{name}={value!r} should be a"):
+            postprocess.load(str(tmp_path))

@@ -326,3 +326,18 @@ def test_jax_overflow_is_reported_never_truncated():
 def test_encode_batch_jax_rejects_non_3d():
     with pytest.raises(ValueError, match="B, H, W"):
         rle.encode_batch_jax(np.zeros((4, 4)))
+
+
+def test_jax_runs_that_exactly_fill_max_runs_are_not_an_overflow():
+    mask = np.zeros((6, 4), bool)
+    mask[::2, :] = True  # 3 runs per column, 12 in all: pixels 1, 3, 5, 7, ... (column-major).
+    runs = rle.encode_jax(jnp.asarray(mask), max_runs=12)
+    assert not bool(runs.overflow)
+    assert rle.runs_to_string(runs) == " ".join(f"{start} 1" for start in range(1, 25, 2))
+    with pytest.raises(ValueError, match="12 runs, more than max_runs=11"):
+        rle.runs_to_string(rle.encode_jax(jnp.asarray(mask), max_runs=11))
+
+
+def test_jax_refuses_a_mask_that_is_not_2d():
+    with pytest.raises(ValueError, match=r"expected a 2-D mask, got shape \(2, 3, 4\)"):
+        rle.encode_jax(jnp.zeros((2, 3, 4)))

@@ -182,3 +182,22 @@ def test_cli_check_submission_lists_problems_and_exits_1(tmp_path, capsys):
     assert cli.main(["check-submission", str(path), "--test-dir", str(test_dir)]) == 0
     out = capsys.readouterr().out
     assert "warning:" in out and "valid" in out
+
+
+def test_a_wrong_header_is_one_problem_and_not_a_data_row(tmp_path):
+    path = tmp_path / "sub.csv"
+    path.write_text("image,pixels\n1,\n2,150001 3\n")
+    (problem,) = submission.validate(path, expected_ids=[1, 2])
+    assert problem.message == "header is 'image,pixels', expected exactly 'img,pixels'"
+
+
+def test_exactly_max_examples_missing_ids_are_listed_without_more(tmp_path):
+    path = tmp_path / "sub.csv"
+    submission.write(path, [1], [""])
+    (problem,) = submission.validate(path, expected_ids=range(1, 2 + submission.MAX_EXAMPLES))
+    assert problem.message == "missing 5 ids: 2, 3, 4, 5, 6"
+
+
+def test_an_unreadable_path_is_named(tmp_path):
+    (problem,) = submission.validate(tmp_path, expected_ids=[1])
+    assert problem.message.startswith(f"{tmp_path}: unreadable")

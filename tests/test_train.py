@@ -5,9 +5,11 @@ import os
 
 import chex
 import jax
+import numpy as np
 import pytest
 
-from nerve_jax import cli, train
+from nerve_jax import checkpoint, cli, train
+from nerve_jax.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +23,61 @@ def _config(test_config, kaggle_dir, tfds_dir, steps):
     config.tfds_data_dir = tfds_dir
     config.num_train_steps = steps
     return config
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_learning_rate_warms_up_then_follows_the_schedule(test_config, schedule):
+    config = test_config()
+    config.learning_rate, config.warmup_steps, config.lr_schedule = 0.1, 10, schedule
+    lr = train.learning_rate_schedule(config, total_steps=110)
+    steps = [0, 5, 10, 60, 110]
+    after_warmup = [0.1, 0.1, 0.1] if schedule == "constant" else [
+        0.1, 0.05 * (1 + np.cos(np.pi * 50 / 100)), 0.0]  # Cosine from 0.1 to 0 over 100.
+    np.testing.assert_allclose([float(lr(s)) for s in steps], [0.0, 0.05, *after_warmup],
+                               atol=1e-7)
+
+
+def test_a_missing_kaggle_dir_is_a_clear_error(test_config, tmp_path):
+    config = test_config()
+    config.kaggle_dir = ""
+    with pytest.raises(UserError, match=r"config.kaggle_dir is not set: pass "
+                                        r"--config.kaggle_dir=DIR, a folder in Kaggle layout"):
+        train.prepare_data(config, str(tmp_path))
+    config.kaggle_dir = str(tmp_path / "nowhere")
+    with pytest.raises(UserError, match="config.kaggle_dir folder not found"):
+        train.prepare_data(config, str(tmp_path))
+
+
+@pytest.mark.slow
+@pytest.mark.mutation
+def test_tfds_data_goes_to_the_configured_folder_else_the_workdir(test_config, tiny_kaggle_dir,
+                                                                  tfds_dir, tmp_path):
+    config = _config(test_config, tiny_kaggle_dir, tfds_dir, 1)
+    assert train.prepare_data(config, str(tmp_path / "a")).data_dir.startswith(tfds_dir)
+    config.tfds_data_dir = ""
+    workdir = str(tmp_path / "b")
+    assert train.prepare_data(config, workdir).data_dir.startswith(f"{workdir}/tfds")
+
+
+@pytest.mark.slow
+@pytest.mark.mutation
+def test_trains_the_configured_steps_from_step_one(test_config, tiny_kaggle_dir, tfds_dir,
+                                                   tmp_path):
+    config = _config(test_config, tiny_kaggle_dir, tfds_dir, 3)
+    config.eval_every_steps = 1
+    config.checkpoints_to_keep = 1
+    workdir = tmp_path / "work"
+    result = train.train_and_evaluate(config, str(workdir))
+    assert int(result.state.step) == 3
+    records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    assert [r["step"] for r in records if "train_loss" in r] == [1, 2, 3]
+    dice = {r["step"]: r["val_dice"] for r in records if "val_dice" in r}
+    assert list(dice) == [1, 2, 3] and result.val_metrics["val_dice"] == dice[3]
+    mngr = checkpoint.manager(str(workdir), read_only=True)
+    best = max(dice, key=lambda step: (dice[step], step))  # Ties: orbax keeps the latest.
+    assert mngr.best_step() == best and mngr.latest_step() == 3
+    assert sorted(mngr.all_steps()) == sorted({best, 3})
+    assert json.load(open(workdir / train.CONFIG_FILE))["num_train_steps"] == 3
 
 
 @pytest.mark.slow

@@ -58,6 +58,17 @@ def test_tune_finds_the_threshold_that_recovers_the_masks():
     assert table.empty_sum / table.frames == 0.5
 
 
+def test_a_probability_equal_to_the_threshold_is_not_nerve():
+    probs = np.zeros((1, *SHAPE), np.float32)
+    probs[:, 40:60, 50:90] = 0.5  # Exactly at the threshold: no nerve at 0.5, 800 px at 0.3.
+    truths = np.zeros((1, *SHAPE), bool)
+    grid = tune.Grid(thresholds=(0.3, 0.5), min_component_areas=(0,), min_mask_areas=(0,),
+                     presence_thresholds=(0.5,))
+    table = tune.score_frames(probs, np.ones(1), truths, grid)
+    assert table.mean(grid.index(postprocess.Params(threshold=0.3))) == 0.0
+    assert table.mean(grid.index(postprocess.Params(threshold=0.5))) == 1.0
+
+
 def _noisy_frames(count: int, seed: int) -> tuple:
     """Blobby probability maps with holes and stray components; ellipse or empty truths."""
     rng = np.random.default_rng(seed)

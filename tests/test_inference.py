@@ -1,0 +1,178 @@
+"""evaluate, predict and tune on a workdir whose model works at 420x580, against a NumPy reference.
+
+At full resolution no resize stands between the model and the metric, so the test computes the
+model's probabilities itself (the Flax module, applied to the TIFFs it reads with Pillow), and
+then every Kaggle Dice and every submission mask in NumPy.
+"""
+
+import glob
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from nerve_jax import checkpoint, inference, postprocess, train, tune
+from nerve_jax.data import pipeline
+from nerve_jax.errors import UserError
+
+
+
+def _read(path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    total = pred.sum() + truth.sum()
+    return 1.0 if total == 0 else 2.0 * np.logical_and(pred, truth).sum() / total
+
+
+class Reference:
+    """The model's probabilities [420, 580] for named frames, computed here."""
+
+    def __init__(self, state):
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        self.apply = jax.jit(lambda x: state.apply_fn(variables, x, train=False)[0])
+
+    def probs(self, image: np.ndarray) -> np.ndarray:
+        logits = self.apply(image[None, :, :, None].astype(np.float32) / 255.0)
+        return 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64)[0, :, :, 0]))
+
+
+@pytest.fixture(scope="module")
+def full_size_workdir(tiny_kaggle_dir, tmp_path_factory, test_config):
+    """An untrained 2-level UNet at 420x580 saved as the workdir's only (best) checkpoint."""
+    root = tmp_path_factory.mktemp("full_size")
+    workdir = str(root / "work")
+    config = test_config()
+    config.image_size = (420, 580)
+    config.kaggle_dir = tiny_kaggle_dir
+    config.tfds_data_dir = str(root / "tfds")
+    config.model.presence_head = False
+    config.num_folds = 4  # One validation subject: 6 frames.
+    os.makedirs(workdir)
+    train.save_config(config, workdir)
+    state = train.create_train_state(config, jax.random.key(7))
+    # A bias that puts the probabilities around the thresholds below, not all at 0.5.
+    state.params["Conv_0"]["bias"] = state.params["Conv_0"]["bias"] - 0.05
+    mngr = checkpoint.manager(workdir)
+    checkpoint.save(mngr, 1, state, 0.5)
+    mngr.wait_until_finished()
+    return workdir, config, Reference(state)
+
+
+def _validation_frames(config):
+    builder = train.prepare_data(config, "unused")
+    subjects = pipeline.split_subjects(list(pipeline.frames_per_subject(builder)),
+                                       config.num_folds, config.fold, config.split_seed)[1]
+    paths = sorted(p for p in glob.glob(os.path.join(config.kaggle_dir, "train", "*.tif"))
+                   if not p.endswith("_mask.tif")
+                   and int(os.path.basename(p).split("_")[0]) in subjects)
+    assert paths
+    return paths
+
+
+@pytest.fixture(scope="module")
+def reference_scores(full_size_workdir):
+    """Per frame: (probabilities, truth) of the validation subjects."""
+    _, config, reference = full_size_workdir
+    frames = []
+    for path in _validation_frames(config):
+        truth = _read(path[:-4] + "_mask.tif") > 0
+        frames.append((reference.probs(_read(path)), truth))
+    return frames
+
+
+def _mean_dice(frames, threshold):
+    return float(np.mean([_dice(probs > threshold, truth) for probs, truth in frames]))
+
+
+@pytest.fixture(scope="module")
+def evaluated(full_size_workdir) -> dict:
+    """evaluate's result; it also writes the held-out predictions that tune reads."""
+    return inference.evaluate(full_size_workdir[0])
+
+
+@pytest.mark.slow
+@pytest.mark.mutation
+def test_evaluate_scores_the_kaggle_dice_of_the_validation_frames(full_size_workdir, evaluated,
+                                                                  reference_scores):
+    workdir, config, _ = full_size_workdir
+    result = evaluated
+    saved = json.load(open(os.path.join(workdir, inference.EVAL_FILE)))
+    assert saved["val_dice"] == pytest.approx(result["val_dice"])
+    assert result["val_frames"] == len(reference_scores)
+    assert result["val_dice"] == pytest.approx(_mean_dice(reference_scores, 0.5), abs=1e-4)
+    empty = np.mean([not truth.any() for _, truth in reference_scores])
+    assert result["val_empty_dice"] == pytest.approx(empty)
+    assert 0 < _mean_dice(reference_scores, 0.5) < 1  # Masks are neither all right nor empty.
+
+
+@pytest.mark.slow
+@pytest.mark.mutation
+def test_tune_chooses_the_threshold_with_the_best_dice(full_size_workdir, evaluated,
+                                                       reference_scores):
+    workdir, _, _ = full_size_workdir
+    probs = np.concatenate([p.ravel() for p, _ in reference_scores])
+    thresholds = tuple(float(np.round(np.quantile(probs, q), 4)) for q in (0.3, 0.7, 0.95))
+    grid = tune.Grid(thresholds=thresholds, min_component_areas=(0,), min_mask_areas=(0,),
+                     presence_thresholds=(0.5,))
+    result = tune.tune([workdir], grid, write=False)
+    scores = {t: _mean_dice(reference_scores, t) for t in (*thresholds, 0.5)}
+    best = max(thresholds, key=scores.get)
+    assert len(set(np.round(list(scores.values()), 4))) > 2  # The thresholds matter.
+    assert result["params"].threshold in (best, 0.5) and scores[result["params"].threshold] \
+        == pytest.approx(max(scores.values()), abs=1e-4)
+    assert result["heldout_dice"]["tuned_in_sample"] == pytest.approx(max(scores.values()),
+                                                                     abs=1e-3)
+    assert result["heldout_dice"]["config"] == pytest.approx(scores[0.5], abs=1e-3)
+    assert result["heldout_dice"]["frames"] == len(reference_scores)
+
+
+def _submission_masks(path) -> dict[int, np.ndarray]:
+    masks = {}
+    for line in open(path).read().splitlines()[1:]:
+        image_id, pixels = line.split(",")
+        flat = np.zeros(420 * 580, bool)
+        values = [int(v) for v in pixels.split()]
+        for start, length in zip(values[::2], values[1::2], strict=True):
+            flat[start - 1:start - 1 + length] = True
+        masks[int(image_id)] = flat.reshape(580, 420).T
+    return masks
+
+
+@pytest.mark.slow
+@pytest.mark.mutation
+@pytest.mark.parametrize("tta", ["none", "hflip"])
+def test_predict_writes_the_thresholded_probabilities_of_every_test_image(
+        full_size_workdir, tmp_path, tta):
+    workdir, config, reference = full_size_workdir
+    paths = glob.glob(os.path.join(config.kaggle_dir, "test", "*.tif"))
+    threshold = float(np.median(reference.probs(_read(paths[0]))))
+    postprocess.save(workdir, postprocess.Params(threshold=threshold), {})
+    try:
+        out = str(tmp_path / "submission.csv")
+        result = inference.predict([workdir], out, tta=tta)
+    finally:
+        os.remove(os.path.join(workdir, postprocess.POSTPROCESS_FILE))
+    got = _submission_masks(out)
+    assert sorted(got) == sorted(int(os.path.basename(p)[:-4]) for p in paths)
+    assert result["images"] == len(paths)
+    for path in paths:
+        image = _read(path)
+        probs = reference.probs(image)
+        if tta == "hflip":
+            probs = (probs + reference.probs(image[:, ::-1])[:, ::-1]) / 2
+        want = probs > threshold
+        near = np.abs(probs - threshold) < 1e-5
+        mask = got[int(os.path.basename(path)[:-4])]
+        assert np.array_equal(mask[~near], want[~near]), path
+        assert 0.05 < want.mean() < 0.95
+
+
+def test_an_unknown_tta_names_the_choices(test_config):
+    with pytest.raises(UserError, match=r"tta='vflip': choose one of \('none', 'hflip'\)"):
+        inference.resolve_tta(test_config(), "vflip")
+    assert inference.resolve_tta(test_config(), None) == "none"
