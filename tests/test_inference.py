@@ -19,7 +19,6 @@ from nerve_jax.data import pipeline
 from nerve_jax.errors import UserError
 
 
-
 def _read(path) -> np.ndarray:
     return np.asarray(Image.open(path))
 
