@@ -5,7 +5,8 @@
 `run` generates every mutant (mutmut's first run also records which tests reach which function
 and checks the suite passes, ~10 min on 2 cores), then tests a seeded random sample of
 `--per-module` mutants of each module (all of them with --per-module 0: hours). Results stay in
-mutants/, so a later `run` only tests mutants not yet tested; `mutmut run NAME` retests one.
+mutants/, so a later `run` only tests mutants not yet tested (`--again`: the whole sample, after
+the tests changed); `mutmut run NAME` retests one.
 Both print, per module, the sampled mutants tested, killed, survived and not reached (no test
 of the suite run calls the mutated function; `--survivors` lists the survivors), and the score
 killed / tested: a mutant not reached counts as not killed. Timeouts count as killed.
@@ -90,13 +91,15 @@ def main(argv=None) -> None:
         command.add_argument("--seed", type=int, default=0)
         command.add_argument("--modules", nargs="*", default=[])
         command.add_argument("--survivors", action="store_true", help="list them")
+        command.add_argument("--again", action="store_true",
+                             help="run: test the sampled mutants again, not only untested ones")
     args = parser.parse_args(argv)
     if args.command == "run" and not mutant_results():
         generate()
     chosen = set(sample(mutant_results(), args.per_module, args.seed, args.modules))
     if args.command == "run":
         pending = [n for module in mutant_results().values() for n, code in module.items()
-                   if n in chosen and code is None]
+                   if n in chosen and (code is None or args.again)]
         if pending:
             subprocess.run([MUTMUT, "run", *pending], cwd=REPO, check=True)
     print_report(scores(mutant_results(), chosen), args.survivors)

@@ -1,7 +1,6 @@
 """Tuning post-processing on held-out predictions; hflip TTA; fold ensembles; train -> tune ->
 predict end to end on tiny synthetic data."""
 
-import dataclasses
 import functools
 import json
 import os
@@ -219,20 +218,6 @@ def test_train_tune_predict_with_two_folds(two_folds, tiny_kaggle_dir, tmp_path,
     assert cli.main(["evaluate", "--workdir", folds[1]]) == 0
     out = capsys.readouterr().out
     assert "postprocess.json" in out and "tuned on these frames" in out
-
-
-@pytest.mark.slow
-def test_ensemble_of_one_workdir_twice_equals_it_alone(two_folds, tiny_kaggle_dir, tmp_path):
-    [workdir] = _copies(two_folds[:1], tmp_path)
-    # Low thresholds, so that the (barely trained) model's masks are not all empty.
-    params = postprocess.Params(threshold=0.3, presence_threshold=0.0)
-    postprocess.save(workdir, params, {})
-    test_dir = os.path.join(tiny_kaggle_dir, "test")
-    once, twice = str(tmp_path / "once.csv"), str(tmp_path / "twice.csv")
-    single = inference.predict([workdir], once, test_dir)
-    inference.predict([workdir, workdir], twice, test_dir)
-    assert open(once).read() == open(twice).read()
-    assert single["postprocess"] == dataclasses.asdict(params)
 
 
 def _mask_from_rle(pixels: str, shape=(420, 580)) -> np.ndarray:
