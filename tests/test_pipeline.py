@@ -48,3 +48,15 @@ def test_resize_averages_what_it_shrinks():
     small = pipeline.resize_image(tf.constant(image), (4, 16)).numpy()
     assert small.shape == (4, 16, 1) and small.dtype == np.float32
     np.testing.assert_allclose(small[:, 2:-2], 0.5, atol=0.02)
+
+
+def test_resize_mask_keeps_pixels_at_least_half_covered():
+    mask = np.zeros((8, 12, 1), np.uint8)
+    mask[0:2, 0:1] = 1  # Half of the first 2x2 cell: kept.
+    mask[2:3, 4:5] = 1  # A quarter of a cell: dropped.
+    mask[4:8, 6:12] = 1  # Whole cells.
+    small = pipeline.resize_mask(tf.constant(mask), (4, 6)).numpy()
+    want = mask[..., 0].reshape(4, 2, 6, 2).mean(axis=(1, 3)) >= 0.5
+    assert small.dtype == np.float32 and set(np.unique(small)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(small[..., 0], want.astype(np.float32))
+    assert small[0, 0, 0] == 1 and small[1, 2, 0] == 0

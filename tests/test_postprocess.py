@@ -164,3 +164,26 @@ def test_params_file_round_trip_and_errors(tmp_path):
         path.write_text(json.dumps({"params": {**params.__dict__, name: value}}))
         with pytest.raises(UserError, match=f"{name}={value!r} should be a"):
             postprocess.load(str(tmp_path))
+
+
+def _bilinear_half_pixel(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear upsampling with pixel centres at (i + 0.5) * scale, edges clamped (NumPy)."""
+    def weights(n_in, n_out):
+        x = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+        low = np.minimum(np.floor(x).astype(int), n_in - 2)
+        frac = x - low
+        matrix = np.zeros((n_out, n_in))
+        matrix[np.arange(n_out), low] = 1 - frac
+        matrix[np.arange(n_out), low + 1] = frac
+        return matrix
+
+    return weights(image.shape[0], shape[0]) @ image @ weights(image.shape[1], shape[1]).T
+
+
+def test_full_resolution_probabilities_are_the_bilinear_upsampling_of_the_sigmoid():
+    logits = np.random.default_rng(3).normal(0, 3, (2, 12, 20, 1)).astype(np.float32)
+    got = np.asarray(postprocess.full_resolution_probabilities(jnp.asarray(logits)))
+    assert got.shape == (2, 420, 580) and got.dtype == np.float32
+    for frame, out in zip(logits[..., 0].astype(np.float64), got, strict=True):
+        want = _bilinear_half_pixel(1 / (1 + np.exp(-frame)), (420, 580))
+        np.testing.assert_allclose(out, want, atol=2e-6)
