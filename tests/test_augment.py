@@ -65,6 +65,7 @@ def _differ(a: list[dict], b: list[dict], key: str = "image") -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.mutation
 def test_same_seed_gives_identical_batches(builder, config):
     augment_config = _augment_config(config)
     first, second = (_batches(builder, config, augment_config) for _ in range(2))

@@ -203,6 +203,7 @@ def test_drop_removes_exactly_the_empty_members(twin_builder, detected, caplog):
 
 
 @pytest.mark.slow
+@pytest.mark.mutation
 def test_relabel_gives_the_empty_members_their_twins_mask(twin_builder, detected):
     builder, kaggle_dir = twin_builder
     frames = _resized_frames(kaggle_dir)

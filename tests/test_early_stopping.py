@@ -3,9 +3,10 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
-from nerve_jax import train
+from nerve_jax import checkpoint, train
 
 
 def test_patience_counts_evaluations_since_the_best():
@@ -15,6 +16,16 @@ def test_patience_counts_evaluations_since_the_best():
     assert not train.patience_exhausted(20, best, patience=2, eval_every_steps=10)
     assert train.patience_exhausted(30, best, patience=2, eval_every_steps=10)
     assert not train.patience_exhausted(30, train.BestSoFar(float("-inf"), -1), 2, 10)
+
+
+def test_a_restart_remembers_the_best_dice_and_its_step(tmp_path):
+    assert train.best_so_far(checkpoint.manager(str(tmp_path))) == train.BestSoFar(
+        float("-inf"), -1)
+    mngr = checkpoint.manager(str(tmp_path), keep_latest=1)
+    for step, dice in [(2, 0.4), (4, 0.7), (6, 0.5)]:
+        checkpoint.save(mngr, step, {"w": np.zeros(2, np.float32)}, dice)
+    mngr.wait_until_finished()
+    assert train.best_so_far(checkpoint.manager(str(tmp_path))) == train.BestSoFar(0.7, 4)
 
 
 @pytest.mark.slow

@@ -5,9 +5,11 @@ model's probabilities itself (the Flax module, applied to the TIFFs it reads wit
 then every Kaggle Dice and every submission mask in NumPy.
 """
 
+import dataclasses
 import glob
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -175,3 +177,16 @@ def test_an_unknown_tta_names_the_choices(test_config):
     with pytest.raises(UserError, match=r"tta='vflip': choose one of \('none', 'hflip'\)"):
         inference.resolve_tta(test_config(), "vflip")
     assert inference.resolve_tta(test_config(), None) == "none"
+
+
+@pytest.mark.slow
+@pytest.mark.mutation
+def test_an_ensemble_uses_the_first_workdirs_postprocessing_and_says_which_differ(
+        full_size_workdir, tmp_path):
+    workdir, _, _ = full_size_workdir
+    others = [shutil.copytree(workdir, str(tmp_path / name)) for name in ("same", "other")]
+    postprocess.save(others[1], postprocess.Params(threshold=0.9), {})
+    result = inference.predict([workdir, *others], str(tmp_path / "sub.csv"))
+    assert result["postprocess_ignored"] == [others[1]]
+    assert result["postprocess"] == dataclasses.asdict(postprocess.Params())
+    assert [m["workdir"] for m in result["models"]] == [workdir, *others]

@@ -74,3 +74,35 @@ def test_train_step_learns_presence(test_config):
         state, _ = step(state, batch)
     presence = jax.jit(train.predict_step)(jax.device_get(state), {"image": images})["presence"]
     assert np.all(presence[:4] > 0.5) and np.all(presence[4:] < 0.5), presence
+
+
+@pytest.mark.slow
+@pytest.mark.mutation
+def test_eval_step_empties_the_masks_of_frames_without_presence(test_config):
+    """Every pixel above the threshold, but a presence probability of ~0: the validation Dice
+    counts empty masks, 1 on each empty frame and 0 on the frame with a nerve."""
+    config = test_config()
+    config.model.presence_head = True
+    state = train.create_train_state(config, jax.random.key(0))
+    head = state.params["PresenceHead_0"]["Dense_0"]
+    head["bias"] = head["bias"] - 50.0
+    mesh = parallel.make_mesh(jax.devices()[:4])
+    state = parallel.replicate(state, mesh)
+    h, w = config.image_size
+    mask_full = np.zeros((4, 420, 580), bool)
+    mask_full[0, 100:150, 300:380] = True
+    batch = {"image": np.random.default_rng(0).random((4, h, w, 1), dtype=np.float32),
+             "mask_full": mask_full, "valid": np.array([True, True, True, False])}
+    def run(presence_threshold):
+        step = functools.partial(train.eval_step, axis_name=parallel.AXIS, threshold=0.0,
+                                 min_area=0, presence_threshold=presence_threshold)
+        fn = parallel.parallelize(step, "shard_map", mesh, out_batched=False)
+        return jax.device_get(fn(state, batch))
+
+    sums = run(0.5)
+    assert float(sums["count"]) == 3.0
+    assert float(sums["dice"]) == 2.0  # Two empty frames right, the nerve frame missed.
+    assert float(sums["empty_dice"]) == 2.0
+    full_masks = run(0.0)
+    want = 2 * mask_full[0].sum() / (mask_full[0].sum() + 420 * 580)  # Whole-frame masks.
+    assert float(full_masks["dice"]) == pytest.approx(want, rel=1e-5)
