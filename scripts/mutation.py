@@ -5,8 +5,8 @@
 `run` generates every mutant (mutmut's first run also records which tests reach which function
 and checks the suite passes, ~10 min on 2 cores), then tests a seeded random sample of
 `--per-module` mutants of each module (all of them with --per-module 0: hours). Results stay in
-mutants/, so a later `run` only tests mutants not yet tested (`--again`: the whole sample, after
-the tests changed); `mutmut run NAME` retests one.
+mutants/, so a later `run` only tests mutants not yet tested (`--again`: also the survivors and
+the mutants no test reached, after the tests changed); `mutmut run NAME` retests one.
 Both print, per module, the sampled mutants tested, killed, survived and not reached (no test
 of the suite run calls the mutated function; `--survivors` lists the survivors), and the score
 killed / tested: a mutant not reached counts as not killed. Timeouts count as killed.
@@ -43,6 +43,25 @@ def mutant_results() -> dict[str, dict[str, int | None]]:
 def generate() -> None:
     """Writes every mutant, the test map and the clean-suite check (a pattern no mutant has)."""
     subprocess.run([MUTMUT, "run", "generate-only-no-such-mutant"], cwd=REPO, check=True)
+
+
+def rank_marked_tests_last(seconds: float = 60.0) -> None:
+    """mutmut runs a mutant's tests fastest first, timed by their call alone. The tests marked
+    `mutation` spend their time in fixtures (a TFDS build, a full-resolution compile), so they
+    would look instant and run first; give them `seconds` in mutmut's stats."""
+    path = os.path.join(MUTANTS, "mutmut-stats.json")
+    if not os.path.exists(path):
+        return
+    listed = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m",
+                             "mutation", "-p", "no:cacheprovider"], cwd=REPO, check=True,
+                            capture_output=True, text=True).stdout.split()
+    with open(path) as f:
+        stats = json.load(f)
+    durations = stats["duration_by_test"]
+    for test in (t for t in listed if "::" in t and t in durations):
+        durations[test] = max(durations[test], seconds)
+    with open(path, "w") as f:
+        json.dump(stats, f)
 
 
 def sample(results: dict, per_module: int, seed: int, modules: list[str]) -> list[str]:
@@ -92,15 +111,17 @@ def main(argv=None) -> None:
         command.add_argument("--modules", nargs="*", default=[])
         command.add_argument("--survivors", action="store_true", help="list them")
         command.add_argument("--again", action="store_true",
-                             help="run: test the sampled mutants again, not only untested ones")
+                             help="run: test the sampled survivors and unreached mutants again")
     args = parser.parse_args(argv)
     if args.command == "run" and not mutant_results():
         generate()
     chosen = set(sample(mutant_results(), args.per_module, args.seed, args.modules))
     if args.command == "run":
         pending = [n for module in mutant_results().values() for n, code in module.items()
-                   if n in chosen and (code is None or args.again)]
+                   if n in chosen and (code is None
+                                       or args.again and (code in SURVIVED | NOT_REACHED))]
         if pending:
+            rank_marked_tests_last()
             subprocess.run([MUTMUT, "run", *pending], cwd=REPO, check=True)
     print_report(scores(mutant_results(), chosen), args.survivors)
 

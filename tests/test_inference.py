@@ -104,6 +104,9 @@ def test_evaluate_scores_the_kaggle_dice_of_the_validation_frames(full_size_work
     result = evaluated
     saved = json.load(open(os.path.join(workdir, inference.EVAL_FILE)))
     assert saved["val_dice"] == pytest.approx(result["val_dice"])
+    # No postprocess.json: the config's post-processing is the one scored.
+    assert saved["val_dice_config_postprocess"] == saved["val_dice"]
+    assert saved["postprocess_tuned_on_these_frames"] is False
     assert result["val_frames"] == len(reference_scores)
     assert result["val_dice"] == pytest.approx(_mean_dice(reference_scores, 0.5), abs=1e-4)
     empty = np.mean([not truth.any() for _, truth in reference_scores])
@@ -130,6 +133,10 @@ def test_tune_chooses_the_threshold_with_the_best_dice(full_size_workdir, evalua
                                                                      abs=1e-3)
     assert result["heldout_dice"]["config"] == pytest.approx(scores[0.5], abs=1e-3)
     assert result["heldout_dice"]["frames"] == len(reference_scores)
+    empty = np.mean([not truth.any() for _, truth in reference_scores])
+    assert result["heldout_dice"]["all_empty"] == pytest.approx(empty)
+    # The config's threshold joins the grid; x 2 x 2 x 2 for the three shape switches.
+    assert result["grid_points"] == len({*thresholds, 0.5}) * 8
 
 
 def _submission_masks(path) -> dict[int, np.ndarray]:
