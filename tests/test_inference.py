@@ -191,9 +191,9 @@ def test_an_unknown_tta_names_the_choices(test_config):
 def test_an_ensemble_uses_the_first_workdirs_postprocessing_and_says_which_differ(
         full_size_workdir, tmp_path):
     workdir, _, _ = full_size_workdir
-    others = [shutil.copytree(workdir, str(tmp_path / name)) for name in ("same", "other")]
-    postprocess.save(others[1], postprocess.Params(threshold=0.9), {})
+    others = [shutil.copytree(workdir, str(tmp_path / name)) for name in ("other", "same")]
+    postprocess.save(others[0], postprocess.Params(threshold=0.9), {})
     result = inference.predict([workdir, *others], str(tmp_path / "sub.csv"))
-    assert result["postprocess_ignored"] == [others[1]]
+    assert result["postprocess_ignored"] == [others[0]]
     assert result["postprocess"] == dataclasses.asdict(postprocess.Params())
     assert [m["workdir"] for m in result["models"]] == [workdir, *others]
