@@ -294,3 +294,16 @@ def test_tune_refuses_bad_input(two_folds, tmp_path, capsys):
     in_two_processes = tune.tune([workdir], write=False, workers=2)
     assert in_two_processes["heldout_dice"] == result["heldout_dice"]
     assert not os.path.exists(os.path.join(workdir, postprocess.POSTPROCESS_FILE))
+
+
+def test_a_choice_at_the_end_of_a_searched_range_is_flagged():
+    grid = tune.Grid(thresholds=(0.3, 0.5, 0.7), min_component_areas=(0, 100),
+                     min_mask_areas=(0, 500), presence_thresholds=(0.2, 0.5))
+    assert grid.at_edge(postprocess.Params(threshold=0.5, presence_threshold=0.5)) == [
+        "presence_threshold"]
+    assert grid.at_edge(postprocess.Params(threshold=0.7, min_mask_area=500,
+                                           presence_threshold=0.2)) == [
+        "threshold", "min_mask_area", "presence_threshold"]
+    # A minimum area of 0 is no edge: nothing smaller can be searched.
+    assert grid.at_edge(postprocess.Params(threshold=0.5, min_component_area=0,
+                                           presence_threshold=0.2)) == ["presence_threshold"]
