@@ -19,6 +19,7 @@ from PIL import Image
 from nerve_jax import checkpoint, inference, postprocess, train, tune
 from nerve_jax.data import pipeline
 from nerve_jax.errors import UserError
+from tests import references
 
 
 def _read(path) -> np.ndarray:
@@ -31,7 +32,7 @@ def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 class Reference:
-    """The model's probabilities [420, 580] for named frames, computed here."""
+    """The model's probabilities [420, 580] float64 for one uint8 image, computed here."""
 
     def __init__(self, state):
         variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -139,18 +140,6 @@ def test_tune_chooses_the_threshold_with_the_best_dice(full_size_workdir, evalua
     assert result["grid_points"] == len({*thresholds, 0.5}) * 8
 
 
-def _submission_masks(path) -> dict[int, np.ndarray]:
-    masks = {}
-    for line in open(path).read().splitlines()[1:]:
-        image_id, pixels = line.split(",")
-        flat = np.zeros(420 * 580, bool)
-        values = [int(v) for v in pixels.split()]
-        for start, length in zip(values[::2], values[1::2], strict=True):
-            flat[start - 1:start - 1 + length] = True
-        masks[int(image_id)] = flat.reshape(580, 420).T
-    return masks
-
-
 @pytest.mark.slow
 @pytest.mark.mutation
 @pytest.mark.parametrize("tta", ["none", "hflip"])
@@ -165,7 +154,7 @@ def test_predict_writes_the_thresholded_probabilities_of_every_test_image(
         result = inference.predict([workdir], out, tta=tta)
     finally:
         os.remove(os.path.join(workdir, postprocess.POSTPROCESS_FILE))
-    got = _submission_masks(out)
+    got = references.submission_masks(out)
     assert sorted(got) == sorted(int(os.path.basename(p)[:-4]) for p in paths)
     assert result["images"] == len(paths)
     for path in paths:

@@ -15,6 +15,7 @@ from skimage import draw
 from nerve_jax import cli, inference, metrics, postprocess, train, tune
 from nerve_jax.data import kaggle, pipeline
 from nerve_jax.errors import UserError
+from tests import references
 
 SHAPE = (120, 160)
 # Areas scaled to SHAPE's frames; every value of every field is scored.
@@ -220,20 +221,6 @@ def test_train_tune_predict_with_two_folds(two_folds, tiny_kaggle_dir, tmp_path,
     assert "postprocess.json" in out and "tuned on these frames" in out
 
 
-def _mask_from_rle(pixels: str, shape=(420, 580)) -> np.ndarray:
-    """Column-major, 1-based `start length` pairs -> bool mask (written here from the format)."""
-    flat = np.zeros(shape[0] * shape[1], bool)
-    values = [int(v) for v in pixels.split()]
-    for start, length in zip(values[::2], values[1::2], strict=True):
-        flat[start - 1:start - 1 + length] = True
-    return flat.reshape(shape[1], shape[0]).T
-
-
-def _submission_masks(path) -> dict[int, np.ndarray]:
-    rows = [line.split(",") for line in open(path).read().splitlines()[1:]]
-    return {int(image_id): _mask_from_rle(pixels) for image_id, pixels in rows}
-
-
 @pytest.mark.slow
 def test_ensemble_averages_the_probabilities_of_its_models(two_folds, tiny_kaggle_dir,
                                                             tmp_path):
@@ -260,7 +247,7 @@ def test_ensemble_averages_the_probabilities_of_its_models(two_folds, tiny_kaggl
     out = str(tmp_path / "ensemble.csv")
     inference.predict(folds, out, test_dir)
 
-    got = _submission_masks(out)
+    got = references.submission_masks(out)
     assert sorted(got) == [im.id for im in images]
     kept = mean_presence >= presence_threshold
     assert 0 < kept.sum() < len(images)
