@@ -1,16 +1,12 @@
-"""The XLA:CPU flags nerve_jax sets at import, and the max-pool they come with."""
+"""The XLA:CPU flags nerve_jax sets at import."""
 
 import os
 import subprocess
 import sys
 
-import flax.linen as nn
-import jax
-import numpy as np
 import pytest
 
 from nerve_jax import xla_flags
-from nerve_jax.models import unet
 
 
 def test_defaults_are_added_and_user_flags_win():
@@ -37,14 +33,6 @@ def test_this_process_runs_with_them():
     if xla_flags.enabled():
         assert "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE" in os.environ[
             "XLA_FLAGS"]
-
-
-def test_reshape_max_pool_equals_flax_max_pool():
-    x = jax.random.normal(jax.random.key(0), (2, 8, 12, 3))
-    np.testing.assert_array_equal(unet.max_pool_2x2(x), nn.max_pool(x, (2, 2), (2, 2)))
-    ours = jax.grad(lambda v: (unet.max_pool_2x2(v) ** 2).sum())(x)
-    flax_grad = jax.grad(lambda v: (nn.max_pool(v, (2, 2), (2, 2)) ** 2).sum())(x)
-    np.testing.assert_allclose(ours, flax_grad)  # No ties in random normals.
 
 
 REDUCTION_ERROR = """

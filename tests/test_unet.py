@@ -1,0 +1,47 @@
+"""The Flax UNet: output shapes and dtypes, its input-size rule, and its max-pool."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nerve_jax.models import unet
+
+
+@pytest.mark.parametrize("upsample", ["pixel_shuffle", "transpose"])
+def test_logits_have_the_input_size_and_float32(upsample):
+    model = unet.UNet(depth=2, base_features=4, upsample=upsample, dtype=jnp.bfloat16)
+    x = jnp.zeros((3, 16, 24, 1))
+    # Shapes and dtypes only: nothing is computed.
+    (logits, presence), variables = jax.eval_shape(
+        lambda: model.init_with_output(jax.random.key(0), x))
+    assert logits.shape == (3, 16, 24, 1) and logits.dtype == jnp.float32
+    assert presence is None
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
+
+
+def test_batchnorm_statistics_move_in_training():
+    model = unet.UNet(depth=1, base_features=2)
+    x = jax.random.normal(jax.random.key(1), (4, 8, 8, 1)) + 3.0
+    variables = jax.jit(model.init)(jax.random.key(0), x)
+    _, updates = jax.jit(lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]))(
+        variables)
+    moved = jax.tree.map(lambda a, b: not np.allclose(a, b), variables["batch_stats"],
+                         updates["batch_stats"])
+    assert all(jax.tree.leaves(moved))
+
+
+@pytest.mark.parametrize("size,depth", [((32, 40), 4), ((420, 580), 3)])
+def test_sizes_not_divisible_by_two_to_the_depth_are_refused(size, depth):
+    with pytest.raises(ValueError, match=rf"must be divisible by 2\*\*depth = {2**depth}"):
+        unet.check_input_size(size, depth)
+    unet.check_input_size((size[0] * 2**depth, size[1] * 2**depth), depth)
+
+
+def test_reshape_max_pool_equals_flax_max_pool():
+    x = jax.random.normal(jax.random.key(0), (2, 8, 12, 3))
+    np.testing.assert_array_equal(unet.max_pool_2x2(x), nn.max_pool(x, (2, 2), (2, 2)))
+    ours = jax.grad(lambda v: (unet.max_pool_2x2(v) ** 2).sum())(x)
+    flax_grad = jax.grad(lambda v: (nn.max_pool(v, (2, 2), (2, 2)) ** 2).sum())(x)
+    np.testing.assert_allclose(ours, flax_grad)  # No ties in random normals.
