@@ -113,20 +113,23 @@ def main(argv=None) -> None:
         command.add_argument("--seed", type=int, default=0)
         command.add_argument("--modules", nargs="*", default=[])
         command.add_argument("--survivors", action="store_true", help="list them")
-        command.add_argument("--again", action="store_true",
-                             help="run: test the sampled survivors and unreached mutants again")
+    sub.choices["run"].add_argument(
+        "--again", action="store_true", help="also test the sampled survivors and unreached "
+        "mutants again")
     args = parser.parse_args(argv)
     if args.command == "run" and not mutant_results():
         generate()
-    chosen = set(sample(mutant_results(), args.per_module, args.seed, args.modules))
+    results = mutant_results()
+    chosen = set(sample(results, args.per_module, args.seed, args.modules))
     if args.command == "run":
-        pending = [n for module in mutant_results().values() for n, code in module.items()
-                   if n in chosen and (code is None
-                                       or args.again and (code in SURVIVED | NOT_REACHED))]
+        retest = SURVIVED | NOT_REACHED if args.again else set()
+        pending = [name for codes in results.values() for name, code in codes.items()
+                   if name in chosen and (code is None or code in retest)]
         if pending:
             rank_marked_tests_last()
             subprocess.run([MUTMUT, "run", *pending], cwd=REPO, check=True)
-    print_report(scores(mutant_results(), chosen), args.survivors)
+            results = mutant_results()
+    print_report(scores(results, chosen), args.survivors)
 
 
 if __name__ == "__main__":
