@@ -50,10 +50,10 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "TF_NUM_INTRAOP_THREADS",
                "TF_NUM_INTEROP_THREADS")
 FRAMEWORKS = ("jax", "torch")
-HUGE_PAGES = "glibc.malloc.hugetlb=1"  # nerve_jax.host_malloc.TUNABLE; importing the package
-# here would put nerve-jax's XLA_FLAGS into the environment the subprocesses inherit.
-# JAX without the CPU settings of nerve-jax (the XLA:CPU flags of nerve_jax/xla_flags.py, the
-# huge pages of nerve_jax/host_malloc.py).
+HUGE_PAGES = "glibc.malloc.hugetlb=1"  # nerve_jax.runtime.host_malloc.TUNABLE; importing the
+# package here would put nerve-jax's XLA_FLAGS into the environment the subprocesses inherit.
+# JAX without the CPU settings of nerve-jax (the XLA:CPU flags of
+# nerve_jax/runtime/xla_flags.py, the huge pages of nerve_jax/runtime/host_malloc.py).
 XLA_DEFAULTS = "jax_xla_defaults"
 JAX_DEFAULTS_ENV = {"NERVE_JAX_XLA_CPU_FLAGS": "0", "NERVE_JAX_HUGE_PAGES": "0"}
 # PyTorch with the huge pages nerve-jax gives itself.
@@ -90,7 +90,7 @@ def parse_args(argv=None):
                         "NERVE_JAX_HUGE_PAGES=0 (XLA's and glibc's defaults)")
     p.add_argument("--torch-huge-pages", action="store_true",
                    help="each round also runs PyTorch with GLIBC_TUNABLES=glibc.malloc.hugetlb=1, "
-                        "as nerve-jax runs (nerve_jax/host_malloc.py)")
+                        "as nerve-jax runs (nerve_jax/runtime/host_malloc.py)")
     p.add_argument("--convs", action="store_true",
                    help="after the rounds, time every convolution of the UNet alone "
                         f"(conv_speed.py --unet --repeats {CONV_REPEATS}) in both frameworks; "

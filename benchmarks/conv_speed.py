@@ -12,7 +12,7 @@ so the sum is the convolution work of one train step, to set against the step's 
 "forward" is the convolution, "backward" the input and kernel gradients of a sum of its output
 times a fixed cotangent (biases left out). Medians of --repeats calls after one warm-up; the
 last line is one JSON object. Run as a script it restarts once with glibc's huge pages
-(nerve_jax/host_malloc.py), so both frameworks allocate the same way.
+(nerve_jax/runtime/host_malloc.py), so both frameworks allocate the same way.
 """
 
 import argparse
@@ -171,7 +171,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from nerve_jax import host_malloc
+    from nerve_jax.runtime import host_malloc
 
     host_malloc.reexec_with_huge_pages()  # Both frameworks run in this process, with them.
     main()

@@ -110,7 +110,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from nerve_jax import host_malloc
+    from nerve_jax.runtime import host_malloc
 
     host_malloc.reexec_with_huge_pages()
     main()

@@ -1,6 +1,6 @@
 """nerve-jax: brachial plexus nerve segmentation in neck ultrasound, in JAX/Flax."""
 
-from nerve_jax import xla_flags as _xla_flags
+from nerve_jax.runtime import xla_flags as _xla_flags
 
 # Before anything creates a JAX backend: XLA reads XLA_FLAGS once, when the first one starts.
 _xla_flags.apply()

@@ -5,8 +5,8 @@ import json
 import os
 import sys
 
-from nerve_jax import host_malloc
 from nerve_jax.errors import UserError
+from nerve_jax.runtime import host_malloc
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -59,7 +59,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_eda(args: argparse.Namespace) -> int:
-    from nerve_jax import eda
+    from nerve_jax.data import eda
 
     stats = eda.write_report(args.kaggle_dir, args.out, workers=args.workers,
                              duplicate_threshold=args.duplicate_threshold,
@@ -70,7 +70,8 @@ def _cmd_eda(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
-    from nerve_jax import config_util, inference, train
+    from nerve_jax import config_util, train
+    from nerve_jax.submit import inference
 
     config = config_util.load_config_file(args.config)
     config_util.apply_overrides(config, overrides)
@@ -84,7 +85,7 @@ def _cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from nerve_jax import inference
+    from nerve_jax.submit import inference
 
     result = inference.evaluate(args.workdir, args.tta)
     print(f"validation subjects {result['val_subjects']} ({result['val_frames']} frames), "
@@ -105,7 +106,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from nerve_jax import inference
+    from nerve_jax.submit import inference
 
     result = inference.predict(args.workdir, args.out, args.test_dir, args.tta)
     models = result["models"]
@@ -125,7 +126,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from nerve_jax import tune
+    from nerve_jax.submit import tune
 
     result = tune.tune(args.workdir, workers=args.workers, progress=not args.quiet)
     for fold in result["folds"]:
@@ -157,8 +158,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _check(path: str, test_dir: str | None) -> int:
-    from nerve_jax import submission
     from nerve_jax.data import kaggle
+    from nerve_jax.submit import submission
 
     expected = None
     if test_dir:
@@ -281,7 +282,8 @@ HUGE_PAGE_COMMANDS = ("train", "evaluate", "predict")
 
 def entry() -> int:
     """The `nerve-jax` command: main(), for train/evaluate/predict in a process that gets huge
-    pages for its big allocations (it restarts once to get them; nerve_jax/host_malloc.py)."""
+    pages for its big allocations (it restarts once to get them;
+    nerve_jax/runtime/host_malloc.py)."""
     if sys.argv[1:2] and sys.argv[1] in HUGE_PAGE_COMMANDS:
         host_malloc.reexec_with_huge_pages()
     return main()

@@ -15,11 +15,12 @@ from flax.training import train_state
 from jax import lax
 from tqdm import tqdm
 
-from nerve_jax import checkpoint, losses, metrics, parallel, postprocess
+from nerve_jax import checkpoint, losses, metrics, parallel
 from nerve_jax.atomic import atomic_open
 from nerve_jax.data import augment, pipeline, tfds_builder
 from nerve_jax.errors import UserError
 from nerve_jax.models import unet
+from nerve_jax.submit import postprocess
 
 CONFIG_FILE = "config.json"
 

@@ -10,8 +10,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from nerve_jax import eda
-from nerve_jax.data import duplicates, kaggle, synthetic
+from nerve_jax.data import duplicates, eda, kaggle, synthetic
 from nerve_jax.errors import DataError
 
 SUBJECTS, FRAMES, TEST_IMAGES = 4, 10, 3

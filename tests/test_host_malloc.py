@@ -1,4 +1,4 @@
-"""Huge pages for glibc's large allocations (nerve_jax/host_malloc.py)."""
+"""Huge pages for glibc's large allocations (nerve_jax/runtime/host_malloc.py)."""
 
 import ast
 import os
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from nerve_jax import host_malloc
+from nerve_jax.runtime import host_malloc
 
 # Loads host_malloc.py on its own (the package imports TensorFlow), restarts itself with the
 # tunable as the `nerve-jax` command does, then mallocs and fills 256 MB as XLA does with a

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nerve_jax import checkpoint, inference, postprocess, train, tune
+from nerve_jax import checkpoint, train
 from nerve_jax.data import pipeline
 from nerve_jax.errors import UserError
+from nerve_jax.submit import inference, postprocess, tune
 from tests import references
 
 

@@ -12,9 +12,10 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 import nerve_jax  # noqa: F401  (registers the builder)
-from nerve_jax import cli, rle
+from nerve_jax import cli
 from nerve_jax.data import kaggle, tfds_builder
 from nerve_jax.errors import DataError
+from nerve_jax.submit import rle
 
 DUMMY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dummy_data", "ultrasound_nerve")
 
@@ -187,7 +188,7 @@ def test_readers_name_zip_members(tmp_path):
 
 
 def test_eda_reads_the_zipped_download(tmp_path):
-    from nerve_jax import eda
+    from nerve_jax.data import eda
 
     stats = eda.write_report(DUMMY, str(tmp_path / "report"), progress=False, max_samples=2)
     assert stats["counts"]["train_pairs"] == 4 and stats["counts"]["test_images"] == 2

@@ -1,7 +1,8 @@
 import jax.numpy as jnp
 import numpy as np
 
-from nerve_jax import metrics, postprocess
+from nerve_jax import metrics
+from nerve_jax.submit import postprocess
 
 
 def _masks(*pairs):

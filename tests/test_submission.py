@@ -1,12 +1,12 @@
-"""Tests for nerve_jax.submission: writing, atomicity and the validator's findings."""
+"""Tests for nerve_jax.submit.submission: writing, atomicity and the validator's findings."""
 
 import os
 
 import numpy as np
 import pytest
 
-from nerve_jax import rle, submission
-from nerve_jax.submission import Problem
+from nerve_jax.submit import rle, submission
+from nerve_jax.submit.submission import Problem
 
 H, W = 420, 580
 

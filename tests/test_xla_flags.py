@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from nerve_jax import xla_flags
+from nerve_jax.runtime import xla_flags
 
 
 def test_defaults_are_added_and_user_flags_win():

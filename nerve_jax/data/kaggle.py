@@ -23,8 +23,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from nerve_jax import rle
 from nerve_jax.errors import DataError, Problem
+from nerve_jax.submit import rle
 
 HEIGHT, WIDTH = 420, 580
 IMAGE_SHAPE = (HEIGHT, WIDTH)

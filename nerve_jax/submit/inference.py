@@ -18,10 +18,11 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from nerve_jax import checkpoint, metrics, parallel, postprocess, rle, submission, train
+from nerve_jax import checkpoint, metrics, parallel, train
 from nerve_jax.atomic import atomic_open
 from nerve_jax.data import kaggle, pipeline
 from nerve_jax.errors import UserError
+from nerve_jax.submit import postprocess, rle, submission
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # noqa: E402

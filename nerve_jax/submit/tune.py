@@ -32,9 +32,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
-from nerve_jax import inference, postprocess, train
+from nerve_jax import train
 from nerve_jax.data import pipeline
 from nerve_jax.errors import UserError
+from nerve_jax.submit import inference, postprocess
 
 BOOLS = (False, True)
 METRIC = "Kaggle Dice, per image at 420x580, empty vs empty = 1"

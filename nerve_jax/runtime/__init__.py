@@ -1,0 +1,1 @@
+"""Runtime settings for the process that runs nerve-jax (CPU backend flags, huge pages, logs)."""
