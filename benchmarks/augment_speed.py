@@ -33,7 +33,7 @@ import tensorflow as tf  # noqa: E402
 from jax.scipy import ndimage  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from nerve_jax import config_util  # noqa: E402
+from nerve_jax import config_util, runtime  # noqa: E402
 from nerve_jax.data import augment, pipeline, synthetic, tfds_builder  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -145,7 +145,7 @@ def time_pipeline(config, subjects: int, frames: int, batches: int) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
-    pipeline.hide_accelerators_from_tf()
+    runtime.start_tensorflow()
     config = config_util.load_config_file(args.config)
     settings = augment.from_config({**config.augment, "enabled": True})
     batch, size = config.batch_size, tuple(config.image_size)
@@ -171,4 +171,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    runtime.configure()
     main()

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from nerve_jax import config_util, parallel, train  # noqa: E402
+from nerve_jax import config_util, parallel, runtime, train  # noqa: E402
 from nerve_jax.data import pipeline, synthetic, tfds_builder  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +46,7 @@ def time_batches(batches, count: int) -> float:
 
 def main(argv=None):
     args = parse_args(argv)
-    pipeline.hide_accelerators_from_tf()
+    runtime.start_tensorflow()
     config = config_util.load_config_file(args.config)
     frames = args.subjects * args.frames
     batch = config.batch_size
@@ -95,4 +95,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    runtime.configure()
     main()

@@ -35,12 +35,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-from absl import logging  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from nerve_jax import config_util, metrics, train  # noqa: E402
+from nerve_jax import config_util, metrics, runtime, train  # noqa: E402
 from nerve_jax.atomic import atomic_open  # noqa: E402
-from nerve_jax.data import kaggle, pipeline, synthetic, tfds_builder  # noqa: E402
+from nerve_jax.data import kaggle, synthetic, tfds_builder  # noqa: E402
 from nerve_jax.submit import inference, postprocess, rle, tune  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -233,8 +232,7 @@ def format_row(name: str, result: dict, change: tuple[float, float] | None = Non
 
 def main(argv=None):
     args = parse_args(argv)
-    logging.set_verbosity(logging.ERROR)  # Orbax's read-only notes at every restore.
-    pipeline.hide_accelerators_from_tf()
+    runtime.start_tensorflow()
     data, tfds_dir = ensure_data(args)
     truth = true_masks(data)
     path = os.path.join(run_dir(args), RESULTS_FILE)
@@ -277,4 +275,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    runtime.configure()
     main()

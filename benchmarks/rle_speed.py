@@ -24,6 +24,7 @@ import jax
 import numpy as np
 from skimage.draw import ellipse
 
+from nerve_jax import runtime
 from nerve_jax.submit import rle
 
 H, W = 420, 580
@@ -259,4 +260,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    runtime.configure()
     main()

@@ -21,9 +21,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from nerve_jax import config_util, parallel, train  # noqa: E402
+from nerve_jax import config_util, parallel, runtime, train  # noqa: E402
 from nerve_jax.runtime import xla_flags  # noqa: E402
-from nerve_jax.runtime.host_malloc import TUNABLE, reexec_with_huge_pages  # noqa: E402
+from nerve_jax.runtime.host_malloc import TUNABLE  # noqa: E402
 from nerve_jax.submit import postprocess, rle  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -110,7 +110,7 @@ def time_inference(config, state, steps):
     RLE, as `nerve-jax predict` does (the resize runs in tf.data there)."""
     from nerve_jax.data import pipeline
 
-    pipeline.hide_accelerators_from_tf()
+    runtime.start_tensorflow()
     rng = np.random.default_rng(1)
     frames = rng.integers(0, 256, (config.batch_size, 420, 580, 1), dtype=np.uint8)
     predict = parallel.parallelize(
@@ -165,5 +165,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    reexec_with_huge_pages()
+    runtime.reexec_with_huge_pages()
+    runtime.configure()
     main()

@@ -1,9 +1,9 @@
-"""nerve-jax: brachial plexus nerve segmentation in neck ultrasound, in JAX/Flax."""
+"""nerve-jax: brachial plexus nerve segmentation in neck ultrasound, in JAX/Flax.
 
-from nerve_jax.runtime import xla_flags as _xla_flags
+Importing it changes nothing in the process (no environment variables, no matplotlib backend,
+no TensorFlow start); `nerve_jax.runtime.configure()` applies the runtime settings explicitly.
+"""
 
-# Before anything creates a JAX backend: XLA reads XLA_FLAGS once, when the first one starts.
-_xla_flags.apply()
-
-# Registers the TFDS builder, so tfds.load("ultrasound_nerve", ...) works after `import nerve_jax`.
-from nerve_jax.data import tfds_builder as _tfds_builder  # noqa: E402, F401
+# Registers the TFDS builder, so tfds.load("ultrasound_nerve", ...) works after `import nerve_jax`
+# (tensorflow_datasets loads TensorFlow only when a dataset is read).
+from nerve_jax.data import tfds_builder as _tfds_builder  # noqa: F401

@@ -5,8 +5,8 @@ import json
 import os
 import sys
 
+from nerve_jax import runtime
 from nerve_jax.errors import UserError
-from nerve_jax.runtime import host_malloc
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -177,13 +177,23 @@ def _cmd_check_submission(args: argparse.Namespace) -> int:
     return _check(args.file, args.test_dir)
 
 
+# The commands that read data through tf.data.
+TENSORFLOW_COMMANDS = ("build", "train", "evaluate", "tune", "predict")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nerve-jax",
         description="Brachial plexus segmentation in neck ultrasound (Kaggle) with JAX/Flax.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true",
+                        help="also show other libraries' log lines (TensorFlow, orbax, TFDS)")
 
-    p = sub.add_parser("synth", help="write a synthetic dataset in Kaggle layout")
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        return subparsers.add_parser(name, parents=[common], **kwargs)
+
+    p = command("synth", help="write a synthetic dataset in Kaggle layout")
     p.add_argument("--out", required=True, help="output folder (new or empty)")
     p.add_argument("--subjects", type=int, default=8, help="training subjects")
     p.add_argument("--frames", type=int, default=40, help="frames per subject")
@@ -193,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processes (output is the same for any value)")
     p.set_defaults(run=_cmd_synth)
 
-    p = sub.add_parser("validate-data",
+    p = command("validate-data",
                        help="check a Kaggle download; list every problem (exit 0 only if clean)")
     p.add_argument("--kaggle-dir", required=True,
                    help="folder with train.zip/test.zip or train/ and test/, and the CSVs")
@@ -201,14 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_cmd_validate_data)
 
-    p = sub.add_parser("build", help="check the Kaggle download and build the TFDS dataset "
+    p = command("build", help="check the Kaggle download and build the TFDS dataset "
                                      "ultrasound_nerve")
     p.add_argument("--kaggle-dir", required=True,
                    help="folder with train.zip/test.zip or train/ and test/, and the CSVs")
     p.add_argument("--tfds-data-dir", help="where to write it (default ~/tensorflow_datasets)")
     p.set_defaults(run=_cmd_build)
 
-    p = sub.add_parser("eda", help="dataset report: figures, stats.json and index.html")
+    p = command("eda", help="dataset report: figures, stats.json and index.html")
     p.add_argument("--kaggle-dir", required=True)
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--duplicate-threshold", type=float, default=None,
@@ -217,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_cmd_eda)
 
-    p = sub.add_parser(
+    p = command(
         "train", help="train and evaluate; resumes from the latest checkpoint in --workdir",
         epilog="Any config field can be overridden: --config.FIELD=VALUE, e.g. "
                "--config.kaggle_dir=DATA --config.batch_size=64 --config.image_size=96,128")
@@ -226,13 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_train, takes_overrides=True)
 
     tta_help = "test-time augmentation (default: config.tta of the workdir)"
-    p = sub.add_parser("evaluate", help="Kaggle Dice on the validation subjects vs all-empty; "
+    p = command("evaluate", help="Kaggle Dice on the validation subjects vs all-empty; "
                                         "rewrites the held-out predictions")
     p.add_argument("--workdir", required=True)
     p.add_argument("--tta", choices=("none", "hflip"), help=tta_help)
     p.set_defaults(run=_cmd_evaluate)
 
-    p = sub.add_parser(
+    p = command(
         "tune", help="choose post-processing on the pooled held-out predictions of the folds",
         description="Searches thresholds, minimum areas, largest component, hole filling and "
                     "ellipse fit for the best Kaggle Dice on the held-out predictions of the "
@@ -244,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_cmd_tune)
 
-    p = sub.add_parser("predict", help="predict the test images and write a submission CSV")
+    p = command("predict", help="predict the test images and write a submission CSV")
     p.add_argument("--workdir", required=True, action="append",
                    help="repeat to average several models (e.g. folds); the first one's "
                         "postprocess.json (else config) sets the post-processing")
@@ -253,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", choices=("none", "hflip"), help=tta_help)
     p.set_defaults(run=_cmd_predict)
 
-    p = sub.add_parser("check-submission", help="validate a submission CSV (exit 1 if invalid)")
+    p = command("check-submission", help="validate a submission CSV (exit 1 if invalid)")
     p.add_argument("file")
     p.add_argument("--test-dir", help="expect exactly the ids of the <id>.tif found here")
     p.set_defaults(run=_cmd_check_submission)
@@ -263,7 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    runtime.configure(verbose=args.verbose)
     try:
+        if args.command in TENSORFLOW_COMMANDS:
+            runtime.start_tensorflow()
         if getattr(args, "takes_overrides", False):
             return args.run(args, extra)
         if extra:
@@ -281,11 +294,11 @@ HUGE_PAGE_COMMANDS = ("train", "evaluate", "predict")
 
 
 def entry() -> int:
-    """The `nerve-jax` command: main(), for train/evaluate/predict in a process that gets huge
-    pages for its big allocations (it restarts once to get them;
+    """The `nerve-jax` command: main(), for train/evaluate/predict on the CPU backend in a
+    process that gets huge pages for its big allocations (it restarts once to get them;
     nerve_jax/runtime/host_malloc.py)."""
     if sys.argv[1:2] and sys.argv[1] in HUGE_PAGE_COMMANDS:
-        host_malloc.reexec_with_huge_pages()
+        runtime.reexec_with_huge_pages()
     return main()
 
 

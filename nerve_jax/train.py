@@ -10,12 +10,11 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 import tensorflow as tf
-from absl import logging
 from flax.training import train_state
 from jax import lax
 from tqdm import tqdm
 
-from nerve_jax import checkpoint, losses, metrics, parallel
+from nerve_jax import checkpoint, losses, metrics, parallel, runtime
 from nerve_jax.atomic import atomic_open
 from nerve_jax.data import augment, pipeline, tfds_builder
 from nerve_jax.errors import UserError
@@ -256,7 +255,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     Resumes from the latest checkpoint in `workdir`.
     """
-    pipeline.hide_accelerators_from_tf()
+    runtime.start_tensorflow()
     pipeline.check_clean_mode(config.clean)
     augment.from_config(config.get("augment"))  # Bad values fail before any work.
     parallel.check_batch_size(config.batch_size)
@@ -302,7 +301,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             if patience_exhausted(step, best, patience, config.eval_every_steps):
                 message = (f"early stopping at step {step}: no better validation Dice than "
                            f"{best.dice:.4f} (step {best.step}) for {patience} evaluations")
-                logging.info(message)
                 if is_main:
                     progress.write(message)
                 log.write(step, {"early_stopped": 1.0})

@@ -1,4 +1,5 @@
-"""Test set-up: 8 forced CPU devices (before JAX starts) and a tiny synthetic Kaggle folder."""
+"""Test set-up: 8 forced CPU devices and nerve-jax's runtime settings (before JAX starts), and
+a tiny synthetic Kaggle folder."""
 
 import os
 
@@ -7,6 +8,11 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
+
+from nerve_jax import runtime  # noqa: E402
+
+# The settings the nerve-jax command runs with (XLA:CPU flags among them), before JAX starts.
+runtime.configure()
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_CONFIG = os.path.join(REPO, "configs", "test.py")

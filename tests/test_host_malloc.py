@@ -88,7 +88,7 @@ def test_command_restarts_only_for_xla_work(monkeypatch, argv, restarts):
     from nerve_jax import cli
 
     calls = []
-    monkeypatch.setattr(cli.host_malloc, "reexec_with_huge_pages", lambda: calls.append(1))
+    monkeypatch.setattr(cli.runtime, "reexec_with_huge_pages", lambda: calls.append(1))
     monkeypatch.setattr(cli, "main", lambda: 0)
     monkeypatch.setattr(sys, "argv", argv)
     assert cli.entry() == 0

@@ -1,4 +1,4 @@
-"""The XLA:CPU flags nerve_jax sets at import."""
+"""The XLA:CPU flags that runtime.configure() sets on the CPU backend."""
 
 import os
 import subprocess
@@ -28,8 +28,7 @@ def test_apply_honours_the_opt_out():
 
 
 def test_this_process_runs_with_them():
-    import os
-
+    # tests/conftest.py calls runtime.configure(), as the nerve-jax command does.
     if xla_flags.enabled():
         assert "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE" in os.environ[
             "XLA_FLAGS"]

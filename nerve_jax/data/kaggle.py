@@ -24,7 +24,6 @@ import numpy as np
 from PIL import Image
 
 from nerve_jax.errors import DataError, Problem
-from nerve_jax.submit import rle
 
 HEIGHT, WIDTH = 420, 580
 IMAGE_SHAPE = (HEIGHT, WIDTH)
@@ -231,6 +230,10 @@ def check_image(ref: str, is_mask: bool = False, expected_rle: str | None = None
                                 f"{bad[:5].tolist()}")]
     if expected_rle is None:
         return []
+    # Here, not at the top: rle imports JAX, and `import nerve_jax` (which registers the TFDS
+    # builder, which reads this module) must not.
+    from nerve_jax.submit import rle
+
     try:
         expected = rle.decode(expected_rle, IMAGE_SHAPE)
     except ValueError as e:

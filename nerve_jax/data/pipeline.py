@@ -14,8 +14,8 @@ import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from absl import logging
 
+from nerve_jax import runtime
 from nerve_jax.data import augment, duplicates, kaggle
 from nerve_jax.errors import UserError
 
@@ -26,12 +26,6 @@ CLEAN_MODES = ("keep", "drop", "relabel")
 
 class ConfigValueError(UserError, ValueError):
     """A config field holds a value outside its choices."""
-
-
-def hide_accelerators_from_tf() -> None:
-    """TensorFlow only feeds data: keep it off the GPUs/TPUs that JAX uses."""
-    tf.config.set_visible_devices([], "GPU")
-    tf.config.set_visible_devices([], "TPU")
 
 
 def split_subjects(subjects: Sequence[int], num_folds: int, fold: int,
@@ -134,10 +128,10 @@ def _clean(ds: tf.data.Dataset, builder: tfds.core.DatasetBuilder, subjects: Seq
     """Drops or relabels the empty members of contradictory pairs among `subjects`' frames."""
     pairs = duplicates.contradictory_pairs_in_split(builder, subjects, threshold)
     twins = duplicates.closest_nerve_twins(pairs)
-    logging.info("config.clean=%r: %s %d of the training frames, the empty-mask members of %d "
-                 "contradictory pairs at distance <= %g", clean,
-                 "dropped" if clean == "drop" else "relabelled", len(twins), len(pairs),
-                 threshold)
+    runtime.logger().info(
+        "config.clean=%r: %s %d of the training frames, the empty-mask members of %d "
+        "contradictory pairs at distance <= %g", clean,
+        "dropped" if clean == "drop" else "relabelled", len(twins), len(pairs), threshold)
     if not twins:
         return ds
     empty = tf.constant(sorted(twins))

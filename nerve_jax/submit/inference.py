@@ -11,21 +11,19 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import matplotlib
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-from nerve_jax import checkpoint, metrics, parallel, train
+from nerve_jax import checkpoint, metrics, parallel, runtime, train
 from nerve_jax.atomic import atomic_open
 from nerve_jax.data import kaggle, pipeline
 from nerve_jax.errors import UserError
 from nerve_jax.submit import postprocess, rle, submission
-
-matplotlib.use("Agg")
-from matplotlib import pyplot as plt  # noqa: E402
 
 EVAL_FILE = "eval.json"
 OVERLAY_FILE = "overlay_val.png"
@@ -209,7 +207,7 @@ def write_heldout_predictions(workdir: str, tta: str | None = None) -> dict:
     """Held-out predictions of the best checkpoint on the validation subjects, saved as
     workdir/heldout_predictions.npz for `nerve-jax tune`: per frame its name, presence
     probability and logits at model resolution (float16)."""
-    pipeline.hide_accelerators_from_tf()
+    runtime.start_tensorflow()
     config, state, step = restore_best(workdir)
     tta = resolve_tta(config, tta)
     result = validation_pass(workdir, config, state, step, tta)
@@ -221,7 +219,7 @@ def evaluate(workdir: str, tta: str | None = None) -> dict:
     workdir/postprocess.json when present (else the config's), next to the config's values and
     the all-empty baseline; written to workdir/eval.json with an overlay PNG of some frames.
     Rewrites the held-out predictions on the way."""
-    pipeline.hide_accelerators_from_tf()
+    runtime.start_tensorflow()
     config, state, step = restore_best(workdir)
     tta = resolve_tta(config, tta)
     params, source, report = postprocess_params(workdir, config)
@@ -277,7 +275,13 @@ def save_overlay(config, state, subjects: list[int], path: str, params: postproc
     predictions = jax.device_get(predict(jax.device_get(state), {"image": resized}))
     preds = postprocess.apply_batch(predictions["probs"], predictions["presence"], params)
     dices = np.asarray(metrics.dice_per_image(preds, truths))
-    fig, axes = plt.subplots(2, (len(pairs) + 1) // 2, figsize=(4 * ((len(pairs) + 1) // 2), 6.4))
+    rows = 1 if len(pairs) == 1 else 2
+    columns = -(-len(pairs) // rows)
+    fig = Figure(figsize=(4 * columns, 3.2 * rows))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")  # Panels without a frame (fewer than `count` frames) stay blank.
     for ax, pair, image, truth, pred, dice in zip(axes.flat, pairs, images, truths, preds,
                                                   dices, strict=False):
         ax.imshow(image, cmap="gray", vmin=0, vmax=255)
@@ -286,12 +290,10 @@ def save_overlay(config, state, subjects: list[int], path: str, params: postproc
         if pred.any():
             ax.contour(pred, levels=[0.5], colors="red", linewidths=1.2)
         ax.set_title(f"{pair.name}  Dice {dice:.2f}", fontsize=9)
-        ax.axis("off")
     fig.suptitle("validation: truth (green) vs prediction (red)")
     fig.tight_layout()
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=80)
-    plt.close(fig)
     return path
 
 
@@ -305,7 +307,7 @@ def predict(workdirs: Sequence[str] | str, out_path: str, test_dir: str | None =
     over all the folds writes the same pooled choice into each), else its config's values.
     """
     workdirs = [workdirs] if isinstance(workdirs, str) else list(workdirs)
-    pipeline.hide_accelerators_from_tf()
+    runtime.start_tensorflow()
     models = [restore_best(w) for w in workdirs]
     first_config = models[0][0]
     params, source, report = postprocess_params(workdirs[0], first_config)

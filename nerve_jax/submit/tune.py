@@ -32,8 +32,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
-from nerve_jax import train
-from nerve_jax.data import pipeline
+from nerve_jax import runtime, train
 from nerve_jax.errors import UserError
 from nerve_jax.submit import inference, postprocess
 
@@ -298,8 +297,9 @@ def _process_pool(workers: int) -> contextlib.AbstractContextManager:
     if workers <= 1:
         return contextlib.nullcontext()
     # Spawned, not forked: forking a process that runs JAX and TensorFlow threads can hang.
-    return concurrent.futures.ProcessPoolExecutor(workers,
-                                                  mp_context=multiprocessing.get_context("spawn"))
+    return concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"),
+        initializer=runtime.start_tensorflow)
 
 
 def leave_one_fold_out(tables: Sequence[ScoreTable], grid: Grid,
@@ -326,7 +326,7 @@ def tune(workdirs: Sequence[str], grid: Grid = Grid(), write: bool = True,
     per fold) and writes them, with how they scored, to postprocess.json in each workdir.
     `workers` > 1 scores frames in that many processes; `progress` shows a progress bar."""
     start = time.perf_counter()
-    pipeline.hide_accelerators_from_tf()
+    runtime.start_tensorflow()
     folds = [load_fold(w) for w in workdirs]
     check_disjoint(folds)
     defaults = postprocess.Params.from_config(folds[0].config)

@@ -1,0 +1,107 @@
+"""Importing nerve_jax changes nothing; runtime.configure() and start_tensorflow() do, explicitly."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from nerve_jax import runtime
+from nerve_jax.runtime import xla_flags
+
+IMPORT_PROBE = """
+import json, os, sys
+before = dict(os.environ)
+import nerve_jax
+import tensorflow_datasets as tfds
+after = dict(os.environ)
+print(json.dumps({
+    "changed": sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k)),
+    "modules": [m for m in ("jax", "tensorflow", "matplotlib") if m in sys.modules],
+    "registered": "ultrasound_nerve" in tfds.list_builders(with_community_datasets=False),
+}))
+"""
+
+
+def _clean_env() -> dict:
+    """This environment without what the test session itself set."""
+    return {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "TF_CPP_MIN_LOG_LEVEL")}
+
+
+def test_import_leaves_the_process_alone_and_registers_the_tfds_builder():
+    out = subprocess.run([sys.executable, "-c", IMPORT_PROBE], env=_clean_env(), check=True,
+                         capture_output=True, text=True).stdout
+    found = json.loads(out.strip().splitlines()[-1])
+    assert found == {"changed": [], "modules": [], "registered": True}
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({"JAX_PLATFORMS": "cpu"}, False),
+    ({"JAX_PLATFORMS": "cuda,cpu"}, True),
+    ({"JAX_PLATFORMS": "tpu"}, True),
+])
+def test_accelerator_expected_follows_jax_platforms(environ, expected):
+    assert runtime.accelerator_expected(environ) is expected
+
+
+def test_cpu_flags_only_where_the_cpu_runs_jax():
+    on_gpu = {"JAX_PLATFORMS": "cuda", "XLA_FLAGS": "--a=1"}
+    assert runtime.configure(environ=on_gpu)["cpu_flags"] is False
+    assert on_gpu["XLA_FLAGS"] == "--a=1"
+
+
+CONFIGURE_PROBE = """
+import json, os
+from nerve_jax import runtime
+{before}
+done = runtime.configure()
+print(json.dumps({{"done": done, "xla_flags": os.environ.get("XLA_FLAGS", "")}}))
+"""
+
+
+@pytest.mark.skipif(not xla_flags.enabled({}), reason="flags not set for this jaxlib")
+@pytest.mark.parametrize("jax_started", [False, True])
+def test_configure_adds_the_cpu_flags_only_before_jax_starts(jax_started):
+    before = "import jax; jax.devices()" if jax_started else ""
+    env = {**_clean_env(), "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", CONFIGURE_PROBE.format(before=before)],
+                            env=env, check=True, capture_output=True, text=True)
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found["done"]["cpu_flags"] is not jax_started
+    assert ("LIBRARY_FUSION_TYPE_REDUCE" in found["xla_flags"]) is not jax_started
+    assert ("cannot take effect" in result.stderr) is jax_started
+
+
+TENSORFLOW_PROBE = """
+import sys
+from nerve_jax import runtime
+runtime.configure(verbose={verbose})
+runtime.start_tensorflow()
+print("a line of our own", file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_tensorflow_start_up_lines_are_dropped_unless_verbose(verbose):
+    stderr = subprocess.run([sys.executable, "-c", TENSORFLOW_PROBE.format(verbose=verbose)],
+                            env=_clean_env(), check=True, capture_output=True,
+                            text=True).stderr
+    assert "a line of our own" in stderr
+    noise = [line for line in stderr.splitlines()
+             if any(s in line for s in runtime.TENSORFLOW_START_UP_LINES)]
+    assert bool(noise) is verbose
+
+
+def test_our_lines_are_shown_and_other_libraries_warnings_hidden(capfd):
+    import logging
+
+    runtime.configure()
+    runtime.logger().info("dropped 3 frames")
+    logging.getLogger("absl").warning("Given directory is read only")
+    err = capfd.readouterr().err
+    assert "dropped 3 frames" in err
+    assert "read only" not in err
+    runtime.configure(verbose=True)
+    assert logging.getLogger("absl").isEnabledFor(logging.INFO)
+    runtime.configure()
