@@ -1,4 +1,4 @@
-"""Importing nerve_jax changes nothing; runtime.configure() and start_tensorflow() do, explicitly."""
+"""Importing nerve_jax changes nothing; runtime.configure() and start_tensorflow() do."""
 
 import json
 import os
