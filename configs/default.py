@@ -9,7 +9,9 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     # Data.
     config.kaggle_dir = ""  # Folder in Kaggle layout: train/, test/.
-    config.tfds_data_dir = ""  # Prepared TFDS records; "" = <workdir>/tfds.
+    # Prepared TFDS records; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets, as for `nerve-jax build`
+    # (nerve_jax/data/tfds_builder.py, data_dir).
+    config.tfds_data_dir = ""
     config.image_size = (128, 176)  # (rows, cols) fed to the model; 420x580 is ~ 0.72 aspect.
     config.num_folds = 5  # Validation = one fold of subjects.
     config.fold = 0

@@ -49,12 +49,13 @@ def _cmd_validate_data(args: argparse.Namespace) -> int:
 def _cmd_build(args: argparse.Namespace) -> int:
     from nerve_jax.data import tfds_builder
 
-    data_dir = args.tfds_data_dir or os.path.expanduser("~/tensorflow_datasets")
+    data_dir = tfds_builder.data_dir(args.tfds_data_dir or "")
     builder = tfds_builder.prepare(args.kaggle_dir, data_dir)
     for name, split in builder.info.splits.items():
         print(f"{tfds_builder.NAME} {name}: {split.num_examples} examples")
     print(f"TFDS data: {builder.data_dir}")
-    print(f"use it with --config.tfds_data_dir={os.path.abspath(data_dir)}")
+    if args.tfds_data_dir:
+        print(f"train with --config.tfds_data_dir={os.path.abspath(data_dir)}")
     return 0
 
 
@@ -75,7 +76,7 @@ def _cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
 
     config = config_util.load_config_file(args.config)
     config_util.apply_overrides(config, overrides)
-    inference.resolve_tta(config)  # A bad config.tta fails now, not after training.
+    config = config_util.checked(config, needs_data=True)  # Before any data work.
     result = train.train_and_evaluate(config, args.workdir)
     print(json.dumps(result.val_metrics, indent=2))
     heldout = inference.write_heldout_predictions(args.workdir)
@@ -215,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "ultrasound_nerve")
     p.add_argument("--kaggle-dir", required=True,
                    help="folder with train.zip/test.zip or train/ and test/, and the CSVs")
-    p.add_argument("--tfds-data-dir", help="where to write it (default ~/tensorflow_datasets)")
+    p.add_argument("--tfds-data-dir", help="where to write it (default: $TFDS_DATA_DIR or "
+                                          "~/tensorflow_datasets, where train looks too)")
     p.set_defaults(run=_cmd_build)
 
     p = command("eda", help="dataset report: figures, stats.json and index.html")

@@ -1,14 +1,24 @@
-"""Loading config files (Python files with get_config()) and --config.FIELD=VALUE overrides."""
+"""Config files (Python files with get_config()), --config.FIELD=VALUE overrides, the check of
+every field before any work, and the migration of workdir configs written by earlier versions."""
 
 import ast
 import contextlib
+import dataclasses
+import difflib
 import importlib.util
+import math
 import os
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 import ml_collections
 
 from nerve_jax.errors import UserError
+
+
+class ConfigError(UserError, ValueError):
+    """One or more config fields hold values nerve-jax cannot run with."""
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
@@ -70,9 +80,198 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
         for part in parents:
             node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
         if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-            raise UserError(f"--config.{name}: no such config field")
+            known = list(flatten(config))
+            raise ConfigError(f"--config.{name}: no such config field"
+                              f"{_did_you_mean(name, known)}")
         try:
             value = _parse_value(text, node[leaf])
         except (ValueError, SyntaxError) as e:
             raise UserError(f"--config.{name}={text!r}: {e}") from None
         node[leaf] = value
+
+
+# --- The schema: every field's type, range or choices -----------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """What a config field may hold. `kind`: bool, int, float, str, or "size" (two ints)."""
+
+    kind: Any
+    low: float | None = None  # Inclusive bounds for numbers.
+    high: float | None = None
+    choices: tuple | None = None
+    above_low: bool = False  # True: low itself is excluded.
+
+    def problem(self, value) -> str | None:
+        """Why `value` does not fit, or None."""
+        if self.kind == "size":
+            if (isinstance(value, (str, bytes)) or not isinstance(value, Sequence)
+                    or len(value) != 2 or not all(_is_int(v) and v > 0 for v in value)):
+                return "expected two positive whole numbers (rows, cols), e.g. 96,128"
+            return None
+        if self.kind is bool and not isinstance(value, bool):
+            return "expected true or false"
+        if self.kind is int and not _is_int(value):
+            return "expected a whole number"
+        if self.kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                   or not math.isfinite(value)):
+            return "expected a number"
+        if self.kind is str and not isinstance(value, str):
+            return "expected a string"
+        if self.choices is not None and value not in self.choices:
+            return f"choose one of {self.choices}"
+        too_low = self.low is not None and (value <= self.low if self.above_low
+                                            else value < self.low)
+        if too_low or (self.high is not None and value > self.high):
+            low = "" if self.low is None else f"{'>' if self.above_low else '>='} {self.low:g}"
+            high = "" if self.high is None else f"<= {self.high:g}"
+            return f"expected a value {' and '.join(b for b in (low, high) if b)}"
+        return None
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def schema() -> dict[str, Field]:
+    """Every config field by dotted name (configs/default.py explains each); `augment.*` is
+    checked by nerve_jax.data.augment.from_config."""
+    from nerve_jax import parallel, train
+    from nerve_jax.data import augment, pipeline
+    from nerve_jax.models import unet
+    from nerve_jax.submit import inference
+
+    unit = {"low": 0.0, "high": 1.0}
+    fields = {
+        "kaggle_dir": Field(str), "tfds_data_dir": Field(str), "image_size": Field("size"),
+        "num_folds": Field(int, low=2), "fold": Field(int, low=0), "split_seed": Field(int),
+        "shuffle_buffer": Field(int, low=1), "clean": Field(str, choices=pipeline.CLEAN_MODES),
+        "duplicate_threshold": Field(float, low=0.0),
+        "model.depth": Field(int, low=1, high=8), "model.base_features": Field(int, low=1),
+        "model.upsample": Field(str, choices=unet.UPSAMPLE_CHOICES),
+        "model.dtype": Field(str, choices=unet.DTYPE_CHOICES),
+        "model.presence_head": Field(bool),
+        "batch_size": Field(int, low=1), "eval_batch_size": Field(int, low=1),
+        "dice_smooth": Field(float, low=0.0, above_low=True),
+        "presence_weight": Field(float, low=0.0), "pixel_bce_weight": Field(float, low=0.0),
+        "optimizer": Field(str, choices=train.OPTIMIZERS),
+        "learning_rate": Field(float, low=0.0, above_low=True),
+        "lr_schedule": Field(str, choices=train.SCHEDULES), "warmup_steps": Field(int, low=0),
+        "weight_decay": Field(float, low=0.0), "num_epochs": Field(float, low=0.0,
+                                                                    above_low=True),
+        "num_train_steps": Field(int), "seed": Field(int),
+        "parallel": Field(str, choices=parallel.PARALLEL_CHOICES),
+        "threshold": Field(float, **unit), "presence_threshold": Field(float, **unit),
+        "min_mask_area": Field(int, low=0), "min_component_area": Field(int, low=0),
+        "largest_component_only": Field(bool), "fill_holes": Field(bool),
+        "ellipse_fit": Field(bool), "tta": Field(str, choices=inference.TTA_CHOICES),
+        "log_every_steps": Field(int, low=1), "eval_every_steps": Field(int, low=1),
+        "early_stopping_patience": Field(int, low=0), "checkpoints_to_keep": Field(int, low=1),
+    }
+    fields.update({f"augment.{name}": None for name in augment.FIELDS})
+    return fields
+
+
+def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+    """{dotted name: value} of every leaf field."""
+    flat = {}
+    for name, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            flat.update(flatten(value, f"{prefix}{name}."))
+        else:
+            flat[f"{prefix}{name}"] = value
+    return flat
+
+
+def _did_you_mean(name: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f"; did you mean config.{close[0]}?" if close else ""
+
+
+def check(config: ml_collections.ConfigDict, *, devices: int | None = None,
+          processes: int | None = None, needs_data: bool = False) -> None:
+    """Checks every field of `config` at once, before any data or model work: types, ranges
+    and choices (`schema()`), fold < num_folds, image_size against model.depth, batch sizes
+    against `devices` and `processes` (default: JAX's), and with `needs_data` that
+    kaggle_dir is set. Raises ConfigError listing every problem."""
+    import jax
+
+    from nerve_jax.data import augment
+    from nerve_jax.models import unet
+
+    fields, values = schema(), flatten(config)
+    problems = [f"config.{name}: no such field{_did_you_mean(name, list(fields))}"
+                for name in values if name not in fields]
+    problems += [f"config.{name}: missing" for name in fields if name not in values]
+    for name, field in fields.items():
+        if field is not None and name in values and (why := field.problem(values[name])):
+            problems.append(f"config.{name}={values[name]!r}: {why}")
+    bad = {p.split("=")[0].split(":")[0].removeprefix("config.") for p in problems}
+    if not bad & {"fold", "num_folds"} and config.fold >= config.num_folds:
+        problems.append(f"config.fold={config.fold}: must be below config.num_folds="
+                        f"{config.num_folds}")
+    if not bad & {"image_size", "model.depth"}:
+        try:
+            unet.check_input_size(config.image_size, config.model.depth)
+        except ValueError as e:
+            problems.append(f"config.image_size: {e}")
+    devices = jax.device_count() if devices is None else devices
+    processes = jax.process_count() if processes is None else processes
+    for name in ("batch_size", "eval_batch_size"):
+        if name not in bad and config[name] % devices:
+            problems.append(f"config.{name}={config[name]}: must be divisible by the number of "
+                            f"devices ({devices})")
+        elif name not in bad and config[name] % processes:
+            problems.append(f"config.{name}={config[name]}: must be divisible by the number "
+                            f"of processes ({processes})")
+    if "augment" in config and not any(p.startswith("config.augment.") for p in problems):
+        try:
+            augment.from_config(config.augment)
+        except UserError as e:
+            problems.append(str(e))
+    if needs_data and "kaggle_dir" not in bad and not config.kaggle_dir:
+        problems.append("config.kaggle_dir is not set: pass --config.kaggle_dir=DIR, a folder "
+                        "in Kaggle layout (train/ or train.zip, test/ or test.zip)")
+    if problems:
+        raise ConfigError("\n".join([f"config: {len(problems)} problem(s)",
+                                     *[f"  - {p}" for p in problems]]))
+
+
+def checked(config: ml_collections.ConfigDict, **kwargs) -> ml_collections.FrozenConfigDict:
+    """`check(config, **kwargs)`, then the config locked: nothing changes it after the check."""
+    check(config, **kwargs)
+    return ml_collections.FrozenConfigDict(config)
+
+
+# --- Workdir configs written by earlier versions ----------------------------------------------
+
+def added_fields() -> dict[str, Any]:
+    """Fields that earlier versions did not write into a workdir's config.json, with the values
+    that keep such a run behaving as it did."""
+    from nerve_jax.data import augment
+    from nerve_jax.submit import postprocess
+
+    defaults = dataclasses.asdict(postprocess.Params())
+    return {
+        "model.presence_head": False, "presence_weight": 0.0, "pixel_bce_weight": 0.0,
+        "early_stopping_patience": 0, "tta": "none",
+        **{name: defaults[name] for name in ("min_component_area", "largest_component_only",
+                                             "fill_holes", "ellipse_fit", "presence_threshold")},
+        "augment.enabled": False,
+        **{f"augment.{k}": v for k, v in dataclasses.asdict(augment.Augmentation()).items()},
+    }
+
+
+def migrate(saved: dict) -> ml_collections.ConfigDict:
+    """A workdir's saved config (config.json) completed with `added_fields()`."""
+    config = ml_collections.ConfigDict(saved)
+    for name, value in added_fields().items():
+        *parents, leaf = name.split(".")
+        node = config
+        for part in parents:
+            if part not in node:
+                node[part] = ml_collections.ConfigDict()
+            node = node[part]
+        if leaf not in node:
+            node[leaf] = list(value) if isinstance(value, tuple) else value
+    return config

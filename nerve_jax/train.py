@@ -14,9 +14,9 @@ from flax.training import train_state
 from jax import lax
 from tqdm import tqdm
 
-from nerve_jax import checkpoint, losses, metrics, parallel, runtime
+from nerve_jax import checkpoint, config_util, losses, metrics, parallel, runtime
 from nerve_jax.atomic import atomic_open
-from nerve_jax.data import augment, pipeline, tfds_builder
+from nerve_jax.data import pipeline, tfds_builder
 from nerve_jax.errors import UserError
 from nerve_jax.models import unet
 from nerve_jax.submit import postprocess
@@ -34,7 +34,7 @@ def create_model(config: ml_collections.ConfigDict) -> unet.UNet:
         depth=config.model.depth,
         base_features=config.model.base_features,
         upsample=config.model.upsample,
-        presence_head=config.model.get("presence_head", False),
+        presence_head=config.model.presence_head,
         dtype=jnp.dtype(config.model.dtype),
         axis_name=parallel.AXIS,
     )
@@ -140,26 +140,24 @@ def compiled_steps(config: ml_collections.ConfigDict, mesh) -> tuple:
     kind = config.parallel
     train = parallel.parallelize(
         functools.partial(train_step, axis_name=parallel.AXIS, dice_smooth=config.dice_smooth,
-                          presence_weight=config.get("presence_weight", 0.0),
-                          pixel_bce_weight=config.get("pixel_bce_weight", 0.0)),
+                          presence_weight=config.presence_weight,
+                          pixel_bce_weight=config.pixel_bce_weight),
         kind, mesh, out_batched=(False, False), donate_state=True)
     evaluate = parallel.parallelize(
         functools.partial(eval_step, axis_name=parallel.AXIS, threshold=config.threshold,
                           min_area=config.min_mask_area,
-                          presence_threshold=config.get("presence_threshold", 0.5)),
+                          presence_threshold=config.presence_threshold),
         kind, mesh, out_batched=False)
     predict = parallel.parallelize(predict_step, kind, mesh, out_batched=True)
     return train, evaluate, predict
 
 
 def prepare_data(config: ml_collections.ConfigDict, workdir: str):
-    """Validates the Kaggle folder and builds the TFDS dataset (default: workdir/tfds)."""
-    if not config.kaggle_dir:
-        raise UserError("config.kaggle_dir is not set: pass --config.kaggle_dir=DIR, a folder "
-                        "in Kaggle layout (train/, test/)")
+    """The TFDS dataset of config.kaggle_dir, built (after every check) where
+    tfds_builder.data_dir says unless it is there already."""
     if not os.path.isdir(config.kaggle_dir):
-        raise UserError(f"{config.kaggle_dir}: config.kaggle_dir folder not found")
-    data_dir = config.tfds_data_dir or os.path.join(workdir, "tfds")
+        raise UserError(f"{config.kaggle_dir or '(empty)'}: config.kaggle_dir folder not found")
+    data_dir = tfds_builder.data_dir(config.tfds_data_dir, workdir)
     return tfds_builder.prepare(config.kaggle_dir, data_dir)
 
 
@@ -185,8 +183,13 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     if not os.path.isfile(path):
         raise UserError(f"{workdir}: no {CONFIG_FILE}; is this a workdir written by "
                         "`nerve-jax train`?")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable config ({e})") from None
+    # Devices are checked where batches are run: a workdir may be read on another machine.
+    return config_util.checked(config_util.migrate(saved), devices=1, processes=1)
 
 
 class MetricLog:
@@ -255,11 +258,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     Resumes from the latest checkpoint in `workdir`.
     """
+    config = config_util.checked(config, needs_data=True)  # Before any work.
     runtime.start_tensorflow()
-    pipeline.check_clean_mode(config.clean)
-    augment.from_config(config.get("augment"))  # Bad values fail before any work.
-    parallel.check_batch_size(config.batch_size)
-    parallel.check_batch_size(config.eval_batch_size, "eval_batch_size")
     os.makedirs(workdir, exist_ok=True)
     builder = prepare_data(config, workdir)
     frames = pipeline.frames_per_subject(builder)
@@ -282,9 +282,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     batches = pipeline.train_batches(builder, train_subjects, config.image_size,
                                      config.batch_size, config.seed, start_step,
                                      config.shuffle_buffer, config.clean,
-                                     config.duplicate_threshold, config.get("augment"))
+                                     config.duplicate_threshold, config.augment)
     val_metrics = {}
-    best, patience = best_so_far(mngr), config.get("early_stopping_patience", 0)
+    best, patience = best_so_far(mngr), config.early_stopping_patience
     progress = _progress(start_step, total_steps, is_main)
     for step in range(start_step + 1, total_steps + 1):
         state, step_metrics = train(state, next(batches))

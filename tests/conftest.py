@@ -33,3 +33,11 @@ def tiny_kaggle_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("kaggle") / "data"
     synthetic.generate(str(out), num_subjects=4, frames_per_subject=6, num_test=4, seed=1)
     return str(out)
+
+
+@pytest.fixture(autouse=True)
+def tfds_default_dir(tmp_path, monkeypatch):
+    """TFDS's default data_dir ($TFDS_DATA_DIR) in the test's own folder, never ~."""
+    path = tmp_path / "tfds_default"
+    monkeypatch.setenv("TFDS_DATA_DIR", str(path))
+    return str(path)

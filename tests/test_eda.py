@@ -170,3 +170,19 @@ def test_truncated_tiff_raises_and_writes_nothing(kaggle_dir, tmp_path):
         eda.write_report(str(data_dir), str(out_dir), workers=1, progress=False)
     assert not (out_dir / "index.html").exists()
     assert not out_dir.exists()
+
+
+def test_the_report_decodes_each_tiff_once_besides_the_galleries(kaggle_dir, tmp_path,
+                                                                 monkeypatch):
+    import collections
+
+    decoded = collections.Counter()
+    decode = kaggle._decode_tiff
+    monkeypatch.setattr(kaggle, "_decode_tiff", lambda ref: decoded.update([ref]) or decode(ref))
+    eda.write_report(kaggle_dir, str(tmp_path / "report"), workers=1, progress=False,
+                     max_samples=2)
+    files = len(os.listdir(os.path.join(kaggle_dir, "train"))) + len(
+        os.listdir(os.path.join(kaggle_dir, "test")))
+    assert len(decoded) == files
+    # Read again: the 2 sample frames and the 2 pairs' 4 frames shown, image and mask each.
+    assert sum(decoded.values()) - files <= 2 * 2 + 4 * 2

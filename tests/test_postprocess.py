@@ -1,5 +1,6 @@
 """Host-side post-processing on hand-made masks: components, holes, ellipses, presence."""
 
+import dataclasses
 import json
 
 import jax.numpy as jnp
@@ -126,8 +127,8 @@ def test_config_params_match_the_training_time_masks():
     rng = np.random.default_rng(2)
     probs = ndimage.gaussian_filter(rng.random((6, *SHAPE)), (0, 5, 5)).astype(np.float32) * 2 - 0.5
     presence = np.array([0.1, 0.9, 0.5, 0.7, 0.3, 1.0], np.float32)
-    config = ml_collections.ConfigDict({"threshold": 0.45, "min_mask_area": 1500,
-                                        "presence_threshold": 0.5})
+    config = ml_collections.ConfigDict({**dataclasses.asdict(postprocess.Params()),
+                                        "threshold": 0.45, "min_mask_area": 1500})
     params = postprocess.Params.from_config(config)
     assert params == postprocess.Params(threshold=0.45, min_mask_area=1500)
     expected = postprocess.masks_from_probabilities(jnp.asarray(probs), 0.45, 1500,

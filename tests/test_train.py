@@ -42,21 +42,11 @@ def test_a_missing_kaggle_dir_is_a_clear_error(test_config, tmp_path):
     config.kaggle_dir = ""
     with pytest.raises(UserError, match=r"config.kaggle_dir is not set: pass "
                                         r"--config.kaggle_dir=DIR, a folder in Kaggle layout"):
-        train.prepare_data(config, str(tmp_path))
+        train.train_and_evaluate(config, str(tmp_path / "work"))
+    assert not os.path.exists(tmp_path / "work")
     config.kaggle_dir = str(tmp_path / "nowhere")
     with pytest.raises(UserError, match="config.kaggle_dir folder not found"):
         train.prepare_data(config, str(tmp_path))
-
-
-@pytest.mark.slow
-@pytest.mark.mutation
-def test_tfds_data_goes_to_the_configured_folder_else_the_workdir(test_config, tiny_kaggle_dir,
-                                                                  tfds_dir, tmp_path):
-    config = _config(test_config, tiny_kaggle_dir, tfds_dir, 1)
-    assert train.prepare_data(config, str(tmp_path / "a")).data_dir.startswith(tfds_dir)
-    config.tfds_data_dir = ""
-    workdir = str(tmp_path / "b")
-    assert train.prepare_data(config, workdir).data_dir.startswith(f"{workdir}/tfds")
 
 
 @pytest.mark.slow

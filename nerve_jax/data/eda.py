@@ -1,14 +1,16 @@
 """The dataset report: PNG figures, `stats.json` and `index.html` for a Kaggle-layout folder.
 
-One pass decodes every training pair (and test image) in a thread pool and keeps only small
-per-frame summaries (area, centroid, component count, mean grey level, duplicate signature)
-and running totals (grey-level histograms, the summed mask). The handful of frames the galleries
-show are read again afterwards. Nothing is written until every file has been checked, and
-`index.html` is written last, so its presence marks a finished report.
+One pass decodes every training pair (and test image) in a thread pool, checks it as
+`nerve-jax validate-data` does, and keeps only small per-frame summaries (area, centroid,
+component count, mean grey level, duplicate signature) and running totals (grey-level
+histograms, the summed mask). The handful of frames the galleries show are read again
+afterwards. Nothing is written until every file has been checked, and `index.html` is written
+last, so its presence marks a finished report.
 """
 
 import concurrent.futures
 import dataclasses
+import functools
 import html
 import json
 import os
@@ -24,6 +26,7 @@ from tqdm import tqdm
 
 from nerve_jax.atomic import atomic_open
 from nerve_jax.data import duplicates, kaggle
+from nerve_jax.errors import DataError
 
 HEIGHT, WIDTH = kaggle.IMAGE_SHAPE
 GREY_LEVELS = 256
@@ -86,8 +89,9 @@ def count_components(mask: np.ndarray) -> int:
     return int(ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))[1])
 
 
-def summarize_pair(pair: kaggle.TrainPair) -> FrameSummary:
-    image, mask = read_pair(pair)
+def summarize_pair(pair: kaggle.TrainPair, image: np.ndarray, mask: np.ndarray) -> FrameSummary:
+    """The figures of one pair: image [420, 580] uint8, mask [420, 580] (nonzero = nerve)."""
+    mask = mask != 0
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size:
         top, left = int(rows[0]), int(cols[0])
@@ -145,13 +149,25 @@ def _threaded_map(fn: Callable, items: Sequence, workers: int, progress: bool,
                         disable=not progress)
 
 
-def scan_train_frames(pairs: Sequence[kaggle.TrainPair], workers: int,
-                      progress: bool) -> TrainScan:
+def _checked_summary(download: kaggle.Download,
+                     pair: kaggle.TrainPair) -> tuple[FrameSummary | None, list]:
+    image, mask, problems = download.read_pair(pair)
+    return (None, problems) if problems else (summarize_pair(pair, image, mask), [])
+
+
+def scan_train_frames(download: kaggle.Download, workers: int,
+                      progress: bool) -> tuple[TrainScan | None, list]:
+    """(TrainScan, []) of the download's training pairs, each checked as it is decoded; (None,
+    every problem) when any has one."""
     hist_inside = np.zeros(GREY_LEVELS, dtype=np.int64)
     hist_all = np.zeros(GREY_LEVELS, dtype=np.int64)
     mask_sum = np.zeros((HEIGHT, WIDTH), dtype=np.int64)
-    rows, signatures = [], []
-    for s in _threaded_map(summarize_pair, pairs, workers, progress, "eda: training pairs"):
+    rows, signatures, problems = [], [], []
+    for s, found in _threaded_map(functools.partial(_checked_summary, download), download.pairs,
+                                  workers, progress, "eda: training pairs"):
+        problems += found
+        if s is None:
+            continue
         hist_inside += s.hist_inside
         hist_all += s.hist_all
         (top, left), (h, w) = s.mask_corner, s.mask_crop.shape
@@ -159,29 +175,38 @@ def scan_train_frames(pairs: Sequence[kaggle.TrainPair], workers: int,
         rows.append((s.name, s.subject, s.area, s.centroid or (np.nan, np.nan), s.components,
                      s.mean_grey))
         signatures.append(s.signature)
+    if problems:
+        return None, problems
     names, subjects, areas, centroids, components, mean_grey = zip(*rows, strict=True)
     return TrainScan(
         names=list(names), subjects=np.array(subjects, dtype=np.int64),
         areas=np.array(areas, dtype=np.int64), centroids=np.array(centroids, dtype=np.float64),
         components=np.array(components, dtype=np.int64),
         mean_grey=np.array(mean_grey, dtype=np.float64), signatures=np.stack(signatures),
-        hist_inside=hist_inside, hist_outside=hist_all - hist_inside, mask_sum=mask_sum)
+        hist_inside=hist_inside, hist_outside=hist_all - hist_inside, mask_sum=mask_sum), []
 
 
-def _summarize_test_image(image: kaggle.TestImage) -> tuple[float, np.ndarray]:
-    pixels = kaggle.read_tiff(image.path)
-    return float(pixels.mean()), grey_histogram(pixels)
+def _summarize_test_image(image: kaggle.TestImage) -> tuple[float, np.ndarray | None, list]:
+    pixels, problems = kaggle.read_checked(image.path)
+    if problems:
+        return 0.0, None, problems
+    return float(pixels.mean()), grey_histogram(pixels), []
 
 
 def scan_test_frames(images: Sequence[kaggle.TestImage], workers: int,
-                     progress: bool) -> TestScan:
+                     progress: bool) -> tuple[TestScan | None, list]:
+    """(TestScan, []) of the test images, each checked as it is decoded; (None, every
+    problem) when any has one."""
     hist = np.zeros(GREY_LEVELS, dtype=np.int64)
-    means = []
-    for mean, counts in _threaded_map(_summarize_test_image, images, workers, progress,
-                                      "eda: test images"):
-        means.append(mean)
-        hist += counts
-    return TestScan(np.array(means, dtype=np.float64), hist)
+    means, problems = [], []
+    for mean, counts, found in _threaded_map(_summarize_test_image, images, workers, progress,
+                                             "eda: test images"):
+        problems += found
+        if counts is not None:
+            means.append(mean)
+            hist += counts
+    return (None, problems) if problems else (TestScan(np.array(means, dtype=np.float64),
+                                                       hist), [])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -644,13 +669,19 @@ def write_report(kaggle_dir: str, out_dir: str, *, duplicate_threshold: float | 
     start = time.perf_counter()
     workers = workers or os.cpu_count() or 1
     threshold = duplicates.DEFAULT_THRESHOLD if duplicate_threshold is None else duplicate_threshold
-    download = kaggle.check_download(kaggle_dir, workers=workers,
-                                     progress=_check_progress(progress))
+    download, problems = kaggle.inspect(kaggle_dir, decode=False)
+    if problems:  # Names, pairing, CSVs: list every problem, the TIFFs' too.
+        kaggle.check_download(kaggle_dir, workers=workers, progress=_check_progress(progress))
     pairs, test_images = download.pairs, download.tests or None
     checked = time.perf_counter()
 
-    scan = scan_train_frames(pairs, workers, progress)
-    test = scan_test_frames(test_images, workers, progress) if test_images else None
+    # Each TIFF is checked as it is decoded for its figures.
+    scan, problems = scan_train_frames(download, workers, progress)
+    test, found = (scan_test_frames(test_images, workers, progress) if test_images
+                   else (None, []))
+    if problems + found:
+        raise DataError(f"{kaggle_dir}: {len(problems + found)} problem(s) in the Kaggle data",
+                        problems + found)
     contradictory = duplicates.find_contradictory_pairs(
         scan.names, scan.subjects, scan.has_nerve, scan.signatures, threshold=threshold)
     stats = compute_stats(scan, test, contradictory, threshold)

@@ -13,6 +13,7 @@ import concurrent.futures
 import csv
 import dataclasses
 import functools
+import hashlib
 import io
 import os
 import posixpath
@@ -137,6 +138,23 @@ def list_files(source: str) -> list[tuple[str, str]]:
                   key=lambda item: item[1])
 
 
+def fingerprint(kaggle_dir: str) -> str:
+    """A digest of the names and sizes of the training and test TIFFs (zipped or not), to
+    recognise the download a TFDS dataset was built from."""
+    digest = hashlib.sha256()
+    for part in ("train", "test"):
+        if (source := locate(kaggle_dir, part)) is not None:
+            for name, ref in list_files(source):
+                digest.update(f"{part}/{name}:{_file_size(ref)}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _file_size(ref: str) -> int:
+    if parts := _split_ref(ref):
+        return _open_zip(parts[0]).getinfo(parts[1]).file_size
+    return os.path.getsize(ref)
+
+
 # --- What the download holds ------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -215,10 +233,23 @@ def check_image(ref: str, is_mask: bool = False, expected_rle: str | None = None
     Checks it decodes as 8-bit grayscale at 420x580; for masks, that it holds only 0/255 and,
     given `expected_rle` (its train_masks.csv row, at `csv_line`), that it equals that RLE.
     """
+    return read_checked(ref, is_mask, expected_rle, csv_line)[1]
+
+
+def read_checked(ref: str, is_mask: bool = False, expected_rle: str | None = None,
+                 csv_line: int | None = None) -> tuple[np.ndarray | None, list[Problem]]:
+    """(the decoded [420, 580] uint8 array, []) when `check_image` finds nothing, else
+    (None, its problems): one decode serves both the check and the use."""
     try:
         array = _decode_tiff(ref)
     except _BadFile as e:
-        return [e.problem]
+        return None, [e.problem]
+    problems = _array_problems(ref, array, is_mask, expected_rle, csv_line)
+    return (None if problems else array), problems
+
+
+def _array_problems(ref: str, array: np.ndarray, is_mask: bool, expected_rle: str | None,
+                    csv_line: int | None) -> list[Problem]:
     if array.shape != IMAGE_SHAPE:
         return [Problem("format", f"{ref}: size {array.shape[0]}x{array.shape[1]} "
                                   f"(rows x cols), expected {HEIGHT}x{WIDTH}")]
@@ -352,6 +383,18 @@ class Download:
     test: str | None
     pairs: list[TrainPair]
     tests: list[TestImage]
+    # {(subject, frame): (line, RLE)} of train_masks.csv; None without the file.
+    rows: dict | None = None
+
+    def read_pair(self, pair: TrainPair) -> tuple[np.ndarray | None, np.ndarray | None,
+                                                  list[Problem]]:
+        """(image, mask) of a pair, each checked as `inspect` checks it; (None, None,
+        problems) when either has any."""
+        line, pixels = (self.rows or {}).get((pair.subject, pair.frame), (None, None))
+        image, problems = read_checked(pair.image_path)
+        mask, found = read_checked(pair.mask_path, True, pixels, line)
+        problems += found
+        return (None, None, problems) if problems else (image, mask, [])
 
 
 def _train_jobs(pairs: list[TrainPair], rows: dict | None) -> list[tuple]:
@@ -363,14 +406,16 @@ def _train_jobs(pairs: list[TrainPair], rows: dict | None) -> list[tuple]:
 
 
 def inspect(kaggle_dir: str, *, with_test: bool = True, workers: int = 0,
-            progress: Callable | None = None) -> tuple[Download | None, list[Problem]]:
+            progress: Callable | None = None,
+            decode: bool = True) -> tuple[Download | None, list[Problem]]:
     """Every problem in a Kaggle download, found in one pass over its files.
 
     Lists and pairs the files of train/ (or train.zip) and, with `with_test`, test/ (or
     test.zip); decodes every TIFF; checks sizes, bit depth, channels and mask values; and
     cross-checks each mask against its train_masks.csv row and the test ids against
     sample_submission.csv when those files exist. Returns (Download, problems); the Download
-    is None when the training data could not be listed.
+    is None when the training data could not be listed. With `decode` False the TIFFs are
+    left for the caller, who checks each as it reads it (`Download.read_pair`, `read_checked`).
     """
     if not os.path.isdir(kaggle_dir):
         return None, [Problem("missing", f"{kaggle_dir}: Kaggle data folder not found")]
@@ -396,9 +441,10 @@ def inspect(kaggle_dir: str, *, with_test: bool = True, workers: int = 0,
         problems += found + check_train_rows(rows, pairs, csv_path)
     if tests and os.path.isfile(csv_path := os.path.join(kaggle_dir, SAMPLE_SUBMISSION_CSV)):
         problems += check_sample_submission(csv_path, tests)
-    jobs = _train_jobs(pairs, rows) + [(t.path, False) for t in tests]
-    problems += _check_files(jobs, default_workers(workers), progress)
-    return Download(kaggle_dir, train, test, pairs, tests), problems
+    if decode:
+        jobs = _train_jobs(pairs, rows) + [(t.path, False) for t in tests]
+        problems += _check_files(jobs, default_workers(workers), progress)
+    return Download(kaggle_dir, train, test, pairs, tests, rows), problems
 
 
 def check_download(kaggle_dir: str, **kwargs) -> Download:

@@ -4,8 +4,11 @@ Registered when `nerve_jax` is imported, so `tfds.load('ultrasound_nerve', data_
 in a user's own code, and `tfds build ultrasound_nerve --imports nerve_jax --manual_dir DIR`
 builds it. The manual dir is the Kaggle download: `train.zip` and `test.zip` as shipped, or
 their contents unzipped into `train/` and `test/`, next to `train_masks.csv` and
-`sample_submission.csv`. Every file is checked first (kaggle.inspect): bad input stops the build
-with every problem listed, before anything is written.
+`sample_submission.csv`. Every file is checked (kaggle.inspect's checks; each TIFF is decoded
+once, as it is read for its record): bad input stops the build with every problem listed, and
+TFDS moves nothing into place. `data_dir()` is the rule for where the dataset lives; the
+source of a build (folder and a fingerprint of its files) is kept in its metadata, so that a
+dataset built from other files is refused.
 
 Records store images and masks PNG-encoded, [420, 580, 1] uint8 (mask in {0, 1}). Train and
 test share one feature set: test examples have an all-zero mask and subject = frame = -1;
@@ -14,6 +17,8 @@ train examples have id = -1.
 
 import collections
 import concurrent.futures
+import contextlib
+import functools
 import io
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -21,10 +26,14 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
+from tqdm import tqdm
 
+from nerve_jax import runtime
 from nerve_jax.data import kaggle
+from nerve_jax.errors import DataError, UserError
 
 NAME = "ultrasound_nerve"
+SOURCE_KEY = "nerve_jax_source"
 _SHAPE = (kaggle.HEIGHT, kaggle.WIDTH, 1)
 
 
@@ -47,27 +56,35 @@ def _ordered_map(fn: Callable, items: Iterable, workers: int, window: int = 64) 
             yield pending.popleft().result()
 
 
-def train_example(pair: kaggle.TrainPair) -> tuple[str, dict]:
-    mask = (kaggle.read_tiff(pair.mask_path) > 0).astype(np.uint8)
+def train_example(download: kaggle.Download,
+                  pair: kaggle.TrainPair) -> tuple[str, dict | None, list[str]]:
+    """(key, example, []) of a checked pair, or (key, None, its problems)."""
+    image, mask, problems = download.read_pair(pair)
+    if problems:
+        return pair.name, None, problems
+    mask = (mask > 0).astype(np.uint8)
     return pair.name, {
-        "image": encode_png(kaggle.read_tiff(pair.image_path)),
+        "image": encode_png(image),
         "mask": encode_png(mask),
         "subject": pair.subject,
         "frame": pair.frame,
         "has_nerve": bool(mask.any()),
         "id": -1,
-    }
+    }, []
 
 
-def test_example(image: kaggle.TestImage) -> tuple[str, dict]:
+def test_example(image: kaggle.TestImage) -> tuple[str, dict | None, list[str]]:
+    pixels, problems = kaggle.read_checked(image.path)
+    if problems:
+        return str(image.id), None, problems
     return str(image.id), {
-        "image": encode_png(kaggle.read_tiff(image.path)),
+        "image": encode_png(pixels),
         "mask": encode_png(np.zeros(kaggle.IMAGE_SHAPE, np.uint8)),
         "subject": -1,
         "frame": -1,
         "has_nerve": False,
         "id": image.id,
-    }
+    }, []
 
 
 class UltrasoundNerve(tfds.core.GeneratorBasedBuilder):
@@ -103,24 +120,115 @@ class UltrasoundNerve(tfds.core.GeneratorBasedBuilder):
                 "id": np.int32,
             }),
             supervised_keys=("image", "mask"),
+            metadata=tfds.core.MetadataDict(),
             homepage="https://www.kaggle.com/c/ultrasound-nerve-segmentation",
         )
 
+    # TFDS prints "Downloading and preparing dataset Unknown size ..." and "... prepared"
+    # around a build; the progress bar says it.
+    def _log_download_bytes(self) -> None:
+        if runtime.verbose():
+            super()._log_download_bytes()
+
+    def _log_download_done(self) -> None:
+        if runtime.verbose():
+            super()._log_download_done()
+
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        download = kaggle.check_download(os.fspath(dl_manager.manual_dir))
-        splits = {"train": self._generate_examples(train_example, download.pairs)}
+        # Names, pairing and CSV rows first; each TIFF is checked as it is read for its record.
+        kaggle_dir = os.fspath(dl_manager.manual_dir)
+        download, problems = kaggle.inspect(kaggle_dir, decode=False)
+        if problems:
+            kaggle.check_download(kaggle_dir)  # Raises, listing the TIFFs' problems too.
+        self.info.metadata[SOURCE_KEY] = {"kaggle_dir": os.path.abspath(kaggle_dir),
+                                          "fingerprint": kaggle.fingerprint(kaggle_dir)}
+        checked = _CheckedExamples(kaggle_dir, len(download.pairs) + len(download.tests),
+                                   progress=getattr(self, "show_progress", True))
+        splits = {"train": self._generate_examples(checked.examples(
+            functools.partial(train_example, download), download.pairs, last=not download.tests))}
         if download.tests:
-            splits["test"] = self._generate_examples(test_example, download.tests)
+            splits["test"] = self._generate_examples(
+                checked.examples(test_example, download.tests, last=True))
         return splits
 
-    def _generate_examples(self, make_example: Callable, items: list):
+    def _generate_examples(self, examples: Iterator):
+        yield from examples
+
+
+class _CheckedExamples:
+    """Examples of the splits, one progress bar over all; the files' problems are collected
+    and raised together at the end of the last split, before TFDS moves anything into place
+    (it deletes its incomplete folder on the error)."""
+
+    def __init__(self, kaggle_dir: str, total: int, progress: bool):
+        self.kaggle_dir = kaggle_dir
+        self.problems = []
+        self.bar = tqdm(total=total, desc=f"building TFDS {NAME}", unit="frame",
+                        disable=not progress)
+
+    def examples(self, make_example: Callable, items: list, last: bool) -> Iterator:
         # Decoding TIFFs and encoding PNGs on every core; TFDS serialises in this thread.
-        yield from _ordered_map(make_example, items, kaggle.default_workers())
+        for key, example, problems in _ordered_map(make_example, items,
+                                                   kaggle.default_workers()):
+            self.bar.update(1)
+            self.problems += problems
+            if example is not None:
+                yield key, example
+        if last:
+            self.bar.close()
+            if self.problems:
+                raise DataError(f"{self.kaggle_dir}: {len(self.problems)} problem(s) in the "
+                                "Kaggle data", self.problems)
 
 
-def prepare(kaggle_dir: str, data_dir: str) -> UltrasoundNerve:
-    """Builds the dataset from `kaggle_dir` into `data_dir` unless it is there already."""
+def data_dir(configured: str = "", workdir: str | None = None) -> str:
+    """Where the TFDS dataset lives: the one rule `nerve-jax build`, `train`, `evaluate`, `tune`
+    and the notebook share.
+
+    `configured` (config.tfds_data_dir, build's --tfds-data-dir) when set; else `<workdir>/tfds`
+    when an earlier nerve-jax built it there; else TFDS's own default, $TFDS_DATA_DIR or
+    ~/tensorflow_datasets, where `tfds.load("ultrasound_nerve")` finds it too.
+    """
+    if configured:
+        return configured
+    if workdir is not None and os.path.isdir(legacy := os.path.join(workdir, "tfds", NAME)):
+        return os.path.dirname(legacy)
+    return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+
+
+def prepare(kaggle_dir: str, data_dir: str, progress: bool = True) -> UltrasoundNerve:
+    """Builds the dataset from `kaggle_dir` into `data_dir` unless it is there already; one
+    built from other files is refused (UserError), never silently used."""
     builder = UltrasoundNerve(data_dir=data_dir)
+    if builder.is_prepared():
+        _check_source(builder, kaggle_dir)
+        return builder
+    builder.show_progress = progress
     config = tfds.download.DownloadConfig(manual_dir=os.path.abspath(kaggle_dir))
-    builder.download_and_prepare(download_config=config)
+    with _without_tfds_bars(not runtime.verbose()):
+        builder.download_and_prepare(download_config=config)
     return builder
+
+
+def _check_source(builder: UltrasoundNerve, kaggle_dir: str) -> None:
+    source = builder.info.metadata.get(SOURCE_KEY) if builder.info.metadata else None
+    if source is None:  # Built by an earlier nerve-jax, which recorded no source.
+        return
+    if source["fingerprint"] != kaggle.fingerprint(kaggle_dir):
+        raise UserError(
+            f"{builder.data_dir} holds {NAME} built from {source['kaggle_dir']}, whose files "
+            f"differ from those in {kaggle_dir}: set config.tfds_data_dir (build: "
+            "--tfds-data-dir) to another folder for this data, or delete that one to rebuild")
+
+
+@contextlib.contextmanager
+def _without_tfds_bars(quiet: bool):
+    """TFDS's own progress bars (a dozen per build) off while `quiet`; ours counts the frames."""
+    if not quiet:
+        yield
+        return
+    tfds.disable_progress_bar()
+    try:
+        yield
+    finally:
+        tfds.display_progress_bar(True)

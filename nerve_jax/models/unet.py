@@ -14,6 +14,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 UPSAMPLE_CHOICES = ("pixel_shuffle", "transpose")
+# Compute dtypes (parameters stay float32): bfloat16 for GPUs and TPUs.
+DTYPE_CHOICES = ("float32", "bfloat16")
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:

@@ -64,13 +64,21 @@ def configure(verbose: bool = False, environ=os.environ) -> dict:
     _verbose = verbose
     cpu_flags = False
     if not accelerator_expected(environ):
-        if _jax_backend_started():
+        current = environ.get("XLA_FLAGS", "")
+        if not _jax_backend_started():
+            cpu_flags = xla_flags.apply(environ)
+        elif xla_flags.enabled(environ) and xla_flags.flags_with_cpu_defaults(current) != current:
             logger().warning("runtime.configure(): JAX has started already, so nerve-jax's "
                              "XLA:CPU flags cannot take effect in this process")
         else:
-            cpu_flags = xla_flags.apply(environ)
+            cpu_flags = xla_flags.enabled(environ)  # Set before JAX started, or opted out.
     _configure_logs(verbose)
     return {"cpu_flags": cpu_flags, "verbose": verbose}
+
+
+def verbose() -> bool:
+    """Whether configure(verbose=True) asked for every library's lines."""
+    return _verbose
 
 
 def logger() -> logging.Logger:

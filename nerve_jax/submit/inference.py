@@ -54,8 +54,8 @@ def restore_best(workdir: str) -> tuple[ml_collections.ConfigDict, train.TrainSt
 
 
 def resolve_tta(config: ml_collections.ConfigDict, tta: str | None = None) -> str:
-    """`tta` if given, else config.tta ("none" for configs older than the field)."""
-    tta = tta or config.get("tta", "none")
+    """`tta` if given, else config.tta."""
+    tta = tta or config.tta
     if tta not in TTA_CHOICES:
         raise UserError(f"tta={tta!r}: choose one of {TTA_CHOICES}")
     return tta

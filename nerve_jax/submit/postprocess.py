@@ -76,9 +76,8 @@ class Params:
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> "Params":
-        """The config's values; fields that older configs lack keep their defaults."""
-        return cls(**{f.name: type(f.default)(config.get(f.name, f.default))
-                      for f in dataclasses.fields(cls)})
+        """The config's values (older workdir configs are completed by config_util.migrate)."""
+        return cls(**{f.name: type(f.default)(config[f.name]) for f in dataclasses.fields(cls)})
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str) -> "Params":
