@@ -64,7 +64,7 @@ def main(argv=None):
 
         mesh = parallel.make_mesh()
         state = parallel.replicate(train.create_train_state(config, jax.random.key(0)), mesh)
-        train_step, _, _ = train.compiled_steps(config, mesh)
+        train_step, _ = train.compiled_steps(config, mesh)
         state, metrics = train_step(state, next(batches))  # Compilation.
         jax.block_until_ready(metrics)
 

@@ -139,7 +139,6 @@ def schema() -> dict[str, Field]:
     from nerve_jax import parallel, train
     from nerve_jax.data import augment, pipeline
     from nerve_jax.models import unet
-    from nerve_jax.submit import inference
 
     unit = {"low": 0.0, "high": 1.0}
     fields = {
@@ -164,7 +163,7 @@ def schema() -> dict[str, Field]:
         "threshold": Field(float, **unit), "presence_threshold": Field(float, **unit),
         "min_mask_area": Field(int, low=0), "min_component_area": Field(int, low=0),
         "largest_component_only": Field(bool), "fill_holes": Field(bool),
-        "ellipse_fit": Field(bool), "tta": Field(str, choices=inference.TTA_CHOICES),
+        "ellipse_fit": Field(bool), "tta": Field(str, choices=train.TTA_CHOICES),
         "log_every_steps": Field(int, low=1), "eval_every_steps": Field(int, low=1),
         "early_stopping_patience": Field(int, low=0), "checkpoints_to_keep": Field(int, low=1),
     }

@@ -108,15 +108,35 @@ def train_step(state: TrainState, batch: dict, *, axis_name: str, dice_smooth: f
     return state, lax.pmean(step_metrics, axis_name)
 
 
-def predict_step(state: TrainState, batch: dict) -> dict:
-    """image [b, h, w, 1] -> {"probs": full-resolution nerve probabilities [b, 420, 580],
-    "presence": probability that the frame shows a nerve [b] (1 without a presence head)},
-    float32."""
+TTA_CHOICES = ("none", "hflip")
+
+
+def predict_step(state: TrainState, batch: dict, *, tta: str = "none") -> dict:
+    """image [b, h, w, 1] -> float32 {"logits": [b, h, w] at model resolution, "probs": [b,
+    420, 580] nerve probabilities at full resolution, "presence": [b] probability that the frame
+    shows a nerve (1 without a presence head)}.
+
+    tta="hflip" averages the probabilities (and presence) of each image and of its mirror
+    image, mirrored back; "logits" are then the logits of the averaged probabilities.
+    """
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    logits, presence = state.apply_fn(variables, batch["image"], train=False)
-    presence = (jnp.ones(logits.shape[0], jnp.float32) if presence is None
-                else jax.nn.sigmoid(presence))
-    return {"probs": postprocess.full_resolution_probabilities(logits), "presence": presence}
+
+    def once(images):
+        logits, presence = state.apply_fn(variables, images, train=False)
+        presence = (jnp.ones(logits.shape[0], jnp.float32) if presence is None
+                    else jax.nn.sigmoid(presence.astype(jnp.float32)))
+        return logits[..., 0].astype(jnp.float32), presence
+
+    logits, presence = once(batch["image"])
+    if tta == "hflip":
+        mirrored_logits, mirrored_presence = once(batch["image"][:, :, ::-1])
+        logits = postprocess.mean_probability_logit(
+            jnp.stack([logits, mirrored_logits[:, :, ::-1]]))
+        presence = (presence + mirrored_presence) / 2
+    elif tta != "none":
+        raise ValueError(f"tta={tta!r}: choose one of {TTA_CHOICES}")
+    probs = postprocess.full_resolution_probabilities(logits[..., None])
+    return {"logits": logits, "probs": probs, "presence": presence}
 
 
 def eval_step(state: TrainState, batch: dict, *, axis_name: str, threshold: float,
@@ -136,7 +156,7 @@ def eval_step(state: TrainState, batch: dict, *, axis_name: str, threshold: floa
 
 
 def compiled_steps(config: ml_collections.ConfigDict, mesh) -> tuple:
-    """(train, eval, predict) step functions run over all devices per config.parallel."""
+    """(train, eval) step functions run over all devices per config.parallel."""
     kind = config.parallel
     train = parallel.parallelize(
         functools.partial(train_step, axis_name=parallel.AXIS, dice_smooth=config.dice_smooth,
@@ -148,8 +168,7 @@ def compiled_steps(config: ml_collections.ConfigDict, mesh) -> tuple:
                           min_area=config.min_mask_area,
                           presence_threshold=config.presence_threshold),
         kind, mesh, out_batched=False)
-    predict = parallel.parallelize(predict_step, kind, mesh, out_batched=True)
-    return train, evaluate, predict
+    return train, evaluate
 
 
 def prepare_data(config: ml_collections.ConfigDict, workdir: str):
@@ -277,7 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     start_step = mngr.latest_step() or 0
     if start_step:
         state = checkpoint.restore(mngr, start_step, state)
-    train, evaluate, _ = compiled_steps(config, mesh)
+    train, evaluate = compiled_steps(config, mesh)
     log = MetricLog(workdir, enabled=is_main)
     batches = pipeline.train_batches(builder, train_subjects, config.image_size,
                                      config.batch_size, config.seed, start_step,

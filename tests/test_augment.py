@@ -123,7 +123,7 @@ def test_disabled_matches_the_pipeline_without_augmentation_code(builder, config
         return {"image": pipeline.resize_image(ex["image"], size),
                 "mask": pipeline.resize_mask(ex["mask"], size)}
 
-    ds = pipeline._subjects_split(builder, SUBJECTS).map(preprocess).cache()
+    ds = pipeline.subject_frames(builder, SUBJECTS).map(preprocess).cache()
     ds = ds.shuffle(16384, seed=0, reshuffle_each_iteration=True).repeat()
     reference = list(itertools.islice(
         ds.skip(2 * config.batch_size).batch(config.batch_size).as_numpy_iterator(), 3))

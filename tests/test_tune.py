@@ -161,7 +161,7 @@ def test_hflip_tta_averages_the_image_and_its_mirror(test_config):
     mirrored = predict_step(state, {"image": images[:, :, ::-1]})
     expected_probs = (np.asarray(plain["probs"]) + np.asarray(mirrored["probs"])[:, :, ::-1]) / 2
     expected_presence = (np.asarray(plain["presence"]) + np.asarray(mirrored["presence"])) / 2
-    tta = jax.jit(inference.predict_probabilities, static_argnames="tta")
+    tta = jax.jit(train.predict_step, static_argnames="tta")
     out = tta(state, {"image": images}, tta="hflip")
     np.testing.assert_allclose(out["probs"], expected_probs, atol=2e-6)
     np.testing.assert_allclose(out["presence"], expected_presence, atol=1e-6)
@@ -231,7 +231,7 @@ def test_ensemble_averages_the_probabilities_of_its_models(two_folds, tiny_kaggl
     probs, presence = [], []
     for workdir in folds:  # Each model alone, on the same batches predict reads.
         config, state, _ = inference.restore_best(workdir)
-        fn = jax.jit(functools.partial(inference.predict_probabilities,
+        fn = jax.jit(functools.partial(train.predict_step,
                                        tta=inference.resolve_tta(config)))
         state = jax.device_get(state)
         outs = [fn(state, {"image": b["image"]}) for b in

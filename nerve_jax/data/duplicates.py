@@ -112,15 +112,12 @@ def contradictory_pairs_in_split(builder, subjects: Sequence[int],
 
 def _train_frames(builder, subjects: Sequence[int]):
     """Yields {image [420, 580] uint8, subject, frame, has_nerve} for frames of `subjects`."""
-    # Imported here, not at the top, so that loading a config does not start TensorFlow.
+    # Imported here, not at the top: configs import this module, and pipeline imports it.
     import tensorflow as tf
-    import tensorflow_datasets as tfds
 
-    skip = tfds.decode.SkipDecoding()
-    ds = builder.as_dataset(split="train", shuffle_files=False,
-                            decoders={"image": skip, "mask": skip})
-    wanted = tf.constant(sorted(int(s) for s in subjects), tf.int32)
-    ds = ds.filter(lambda ex: tf.reduce_any(tf.equal(ex["subject"], wanted)))
+    from nerve_jax.data import pipeline
+
+    ds = pipeline.subject_frames(builder, [int(s) for s in subjects], decode_images=False)
     ds = ds.map(lambda ex: {"image": tf.io.decode_png(ex["image"], channels=1)[..., 0],
                             "subject": ex["subject"], "frame": ex["frame"],
                             "has_nerve": ex["has_nerve"]}, tf.data.AUTOTUNE)

@@ -58,9 +58,10 @@ def resize_mask(mask: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
     return tf.cast(covered >= 0.5, tf.float32)
 
 
-def _subjects_split(builder: tfds.core.DatasetBuilder, subjects: Sequence[int],
+def subject_frames(builder: tfds.core.DatasetBuilder, subjects: Sequence[int],
                     decode_images: bool = True) -> tf.data.Dataset:
-    """All training frames of `subjects`, in the builder's fixed order."""
+    """All training frames of `subjects`, in the builder's fixed order; with `decode_images`
+    False, "image" and "mask" stay PNG bytes (decode what you need with tf.io.decode_png)."""
     decoders = None if decode_images else _SKIP_IMAGES
     ds = builder.as_dataset(split="train", shuffle_files=False, decoders=decoders)
     wanted = tf.constant(sorted(subjects), tf.int32)
@@ -106,7 +107,7 @@ def train_batches(builder: tfds.core.DatasetBuilder, subjects: Sequence[int],
     def preprocess(ex):
         return {"image": resize_image(ex["image"], size), "mask": resize_mask(ex["mask"], size)}
 
-    ds = _subjects_split(builder, subjects)
+    ds = subject_frames(builder, subjects)
     if clean != "keep":
         ds = _clean(ds, builder, subjects, clean, duplicate_threshold)
     ds = _this_process(ds)
@@ -156,7 +157,7 @@ def _clean(ds: tf.data.Dataset, builder: tfds.core.DatasetBuilder, subjects: Seq
 def _png_masks(builder: tfds.core.DatasetBuilder, subjects: Sequence[int],
                    names: set[str]) -> dict[str, bytes]:
     """{name: PNG-encoded [420, 580, 1] {0, 1} mask} for the frames `names` of `subjects`."""
-    ds = _subjects_split(builder, subjects, decode_images=False)
+    ds = subject_frames(builder, subjects, decode_images=False)
     ds = ds.map(lambda ex: (_frame_name(ex), ex["mask"]))
     return {name.decode(): mask for name, mask in ds.as_numpy_iterator()
             if name.decode() in names}
@@ -189,9 +190,9 @@ def eval_batches(builder: tfds.core.DatasetBuilder, subjects: Sequence[int],
                 "subject": ex["subject"], "frame": ex["frame"],
                 "valid": tf.constant(True)}
 
-    ds = _this_process(_subjects_split(builder, subjects))
+    ds = _this_process(subject_frames(builder, subjects))
     ds = ds.map(preprocess, tf.data.AUTOTUNE).cache()
-    num_examples = _count(_subjects_split(builder, subjects, decode_images=False))
+    num_examples = _count(subject_frames(builder, subjects, decode_images=False))
     padding = {"image": tf.zeros((*size, 1)),
                "mask_full": tf.zeros((kaggle.HEIGHT, kaggle.WIDTH), tf.bool),
                "subject": tf.constant(-1, tf.int32), "frame": tf.constant(-1, tf.int32),

@@ -10,7 +10,6 @@ from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
@@ -28,7 +27,6 @@ from nerve_jax.submit import postprocess, rle, submission
 EVAL_FILE = "eval.json"
 OVERLAY_FILE = "overlay_val.png"
 HELDOUT_FILE = "heldout_predictions.npz"
-TTA_CHOICES = ("none", "hflip")
 
 
 def best_step(workdir: str) -> int:
@@ -56,42 +54,9 @@ def restore_best(workdir: str) -> tuple[ml_collections.ConfigDict, train.TrainSt
 def resolve_tta(config: ml_collections.ConfigDict, tta: str | None = None) -> str:
     """`tta` if given, else config.tta."""
     tta = tta or config.tta
-    if tta not in TTA_CHOICES:
-        raise UserError(f"tta={tta!r}: choose one of {TTA_CHOICES}")
+    if tta not in train.TTA_CHOICES:
+        raise UserError(f"tta={tta!r}: choose one of {train.TTA_CHOICES}")
     return tta
-
-
-def predict_logits(state: train.TrainState, batch: dict, *, tta: str = "none") -> dict:
-    """image [b, h, w, 1] -> {"logits": [b, h, w] float32 at model resolution, "presence":
-    [b] float32 probability that the frame shows a nerve (1 without a presence head)}.
-
-    tta="hflip" averages the probabilities (and presence) of each image and of its mirror
-    image, mirrored back; "logits" are then the logits of the averaged probabilities.
-    """
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-
-    def once(images):
-        logits, presence = state.apply_fn(variables, images, train=False)
-        presence = (jnp.ones(logits.shape[0], jnp.float32) if presence is None
-                    else jax.nn.sigmoid(presence.astype(jnp.float32)))
-        return logits[..., 0].astype(jnp.float32), presence
-
-    logits, presence = once(batch["image"])
-    if tta == "hflip":
-        mirrored_logits, mirrored_presence = once(batch["image"][:, :, ::-1])
-        logits = postprocess.mean_probability_logit(
-            jnp.stack([logits, mirrored_logits[:, :, ::-1]]))
-        presence = (presence + mirrored_presence) / 2
-    elif tta != "none":
-        raise ValueError(f"tta={tta!r}: choose one of {TTA_CHOICES}")
-    return {"logits": logits, "presence": presence}
-
-
-def predict_probabilities(state: train.TrainState, batch: dict, *, tta: str = "none") -> dict:
-    """predict_logits plus "probs": full-resolution probabilities [b, 420, 580] float32, the
-    same resize as train.predict_step (which equals this with tta="none")."""
-    out = predict_logits(state, batch, tta=tta)
-    return {**out, "probs": postprocess.full_resolution_probabilities(out["logits"][..., None])}
 
 
 def _gather(x) -> np.ndarray:
@@ -109,7 +74,7 @@ def _validation_predictions(config, state, builder, subjects: list[int],
     """Per batch, the valid validation frames of all processes: logits [n, h, w], probs
     [n, 420, 580], presence [n], mask_full [n, 420, 580] bool, subject [n], frame [n]."""
     def step(state, batch):
-        out = predict_probabilities(state, batch, tta=tta)
+        out = train.predict_step(state, batch, tta=tta)
         return {**out, **{k: batch[k] for k in ("mask_full", "subject", "frame", "valid")}}
 
     predict = parallel.parallelize(step, config.parallel, parallel.make_mesh(), out_batched=True)
@@ -125,7 +90,7 @@ class HeldOut(NamedTuple):
 
     names: np.ndarray  # [N] str, "<subject>_<frame>".
     subjects: np.ndarray  # [N] int32.
-    logits: np.ndarray  # [N, h, w] float16 at the model's resolution (see predict_logits).
+    logits: np.ndarray  # [N, h, w] float16 at the model's resolution (train.predict_step).
     presence: np.ndarray  # [N] float32.
     step: int  # The checkpoint that made them.
     tta: str
@@ -271,7 +236,7 @@ def save_overlay(config, state, subjects: list[int], path: str, params: postproc
     images = np.stack([kaggle.read_tiff(p.image_path) for p in pairs])
     truths = np.stack([kaggle.read_tiff(p.mask_path) > 0 for p in pairs])
     resized = pipeline.resize_image(images[..., None], tuple(config.image_size)).numpy()
-    predict = jax.jit(functools.partial(predict_probabilities, tta=tta))
+    predict = jax.jit(functools.partial(train.predict_step, tta=tta))
     predictions = jax.device_get(predict(jax.device_get(state), {"image": resized}))
     preds = postprocess.apply_batch(predictions["probs"], predictions["presence"], params)
     dices = np.asarray(metrics.dice_per_image(preds, truths))
@@ -324,7 +289,7 @@ def predict(workdirs: Sequence[str] | str, out_path: str, test_dir: str | None =
 
     def predictor(config, model_tta):
         def step(state, batch):
-            out = predict_probabilities(state, batch, tta=model_tta)
+            out = train.predict_step(state, batch, tta=model_tta)
             return {"probs": out["probs"], "presence": out["presence"], "id": batch["id"]}
         return parallel.parallelize(step, config.parallel, mesh, out_batched=True)
 

@@ -33,6 +33,7 @@ import tensorflow_datasets as tfds
 from tqdm import tqdm
 
 from nerve_jax import runtime, train
+from nerve_jax.data import pipeline
 from nerve_jax.errors import UserError
 from nerve_jax.submit import inference, postprocess
 
@@ -195,10 +196,7 @@ def _full_resolution(logits: jax.Array) -> jax.Array:
 def _true_masks(builder: tfds.core.DatasetBuilder, subjects: Sequence[int],
                 chunk: int) -> Iterator[tuple[list[str], np.ndarray]]:
     """(names "<subject>_<frame>", masks [n, 420, 580] bool) of `subjects`' frames."""
-    skip = {"image": tfds.decode.SkipDecoding(), "mask": tfds.decode.SkipDecoding()}
-    ds = builder.as_dataset(split="train", shuffle_files=False, decoders=skip)
-    wanted = tf.constant(sorted(subjects), tf.int32)
-    ds = ds.filter(lambda ex: tf.reduce_any(tf.equal(ex["subject"], wanted)))
+    ds = pipeline.subject_frames(builder, subjects, decode_images=False)
     ds = ds.map(lambda ex: (ex["subject"], ex["frame"],
                             tf.io.decode_png(ex["mask"], channels=1)[..., 0] > 0),
                 tf.data.AUTOTUNE)
