@@ -142,13 +142,13 @@ def _cmd_tune(args: argparse.Namespace) -> int:
           f"held-out frames in {result['seconds']:.0f} s ({workers} "
           f"process{'es' if workers > 1 else ''}); {tune.METRIC}:")
     print(f"  all-empty baseline      {scores['all_empty']:.4f}")
-    print(f"  config's params         {scores['config']:.4f}   {result['defaults'].describe()}")
+    print(f"  config's settings       {scores['config']:.4f}   {result['defaults'].describe()}")
     print(f"  tuned (in-sample)       {scores['tuned_in_sample']:.4f}   "
-          f"{result['params'].describe()}")
+          f"{result['settings'].describe()}")
     cross = result["leave_one_fold_out_dice"]
     if cross:
-        print(f"  leave-one-fold-out      {cross['tuned_dice']:.4f}   (config's params "
-              f"{cross['config_dice']:.4f}): each fold scored with params tuned on the others")
+        print(f"  leave-one-fold-out      {cross['tuned_dice']:.4f}   (config's settings "
+              f"{cross['config_dice']:.4f}): each fold scored with settings tuned on the others")
     else:
         print("  (one fold: no leave-one-fold-out estimate; the tuned score is optimistic)")
     if result["at_grid_edge"]:

@@ -250,7 +250,7 @@ def added_fields() -> dict[str, Any]:
     from nerve_jax.data import augment
     from nerve_jax.submit import postprocess
 
-    defaults = dataclasses.asdict(postprocess.Params())
+    defaults = dataclasses.asdict(postprocess.Settings())
     return {
         "model.presence_head": False, "presence_weight": 0.0, "pixel_bce_weight": 0.0,
         "early_stopping_patience": 0, "tta": "none",

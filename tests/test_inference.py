@@ -129,7 +129,7 @@ def test_tune_chooses_the_threshold_with_the_best_dice(full_size_workdir, evalua
     scores = {t: _mean_dice(reference_scores, t) for t in (*thresholds, 0.5)}
     best = max(thresholds, key=scores.get)
     assert len(set(np.round(list(scores.values()), 4))) > 2  # The thresholds matter.
-    assert result["params"].threshold in (best, 0.5) and scores[result["params"].threshold] \
+    assert result["settings"].threshold in (best, 0.5) and scores[result["settings"].threshold] \
         == pytest.approx(max(scores.values()), abs=1e-4)
     assert result["heldout_dice"]["tuned_in_sample"] == pytest.approx(max(scores.values()),
                                                                      abs=1e-3)
@@ -149,7 +149,7 @@ def test_predict_writes_the_thresholded_probabilities_of_every_test_image(
     workdir, config, reference = full_size_workdir
     paths = glob.glob(os.path.join(config.kaggle_dir, "test", "*.tif"))
     threshold = float(np.median(reference.probs(_read(paths[0]))))
-    postprocess.save(workdir, postprocess.Params(threshold=threshold), {})
+    postprocess.save(workdir, postprocess.Settings(threshold=threshold), {})
     try:
         out = str(tmp_path / "submission.csv")
         result = inference.predict([workdir], out, tta=tta)
@@ -182,8 +182,8 @@ def test_an_ensemble_uses_the_first_workdirs_postprocessing_and_says_which_diffe
         full_size_workdir, tmp_path):
     workdir, _, _ = full_size_workdir
     others = [shutil.copytree(workdir, str(tmp_path / name)) for name in ("other", "same")]
-    postprocess.save(others[0], postprocess.Params(threshold=0.9), {})
+    postprocess.save(others[0], postprocess.Settings(threshold=0.9), {})
     result = inference.predict([workdir, *others], str(tmp_path / "sub.csv"))
     assert result["postprocess_ignored"] == [others[0]]
-    assert result["postprocess"] == dataclasses.asdict(postprocess.Params())
+    assert result["postprocess"] == dataclasses.asdict(postprocess.Settings())
     assert [m["workdir"] for m in result["models"]] == [workdir, *others]

@@ -100,7 +100,7 @@ def test_ellipses_match_regionprops():
 def test_presence_threshold_empties_the_frame():
     probs = np.zeros(SHAPE, np.float32)
     probs[100:150, 200:260] = 0.9
-    params = postprocess.Params(presence_threshold=0.6)
+    params = postprocess.Settings(presence_threshold=0.6)
     emptied = postprocess.apply(probs, 0.59, params)
     assert emptied.dtype == bool and emptied.shape == SHAPE and not emptied.any()
     assert postprocess.apply(probs, 0.6, params).sum() == 50 * 60
@@ -111,14 +111,14 @@ def test_apply_composes_the_steps():
     probs[100:160, 200:280] = 0.8  # The nerve, with a hole ...
     probs[120:130, 230:240] = 0.1
     probs[300:310, 100:110] = 0.7  # ... and a small false positive.
-    params = postprocess.Params(threshold=0.5, largest_component_only=True, fill_holes=True)
+    params = postprocess.Settings(threshold=0.5, largest_component_only=True, fill_holes=True)
     np.testing.assert_array_equal(postprocess.apply(probs, 1.0, params),
                                   _blobs((100, 160, 200, 280)))
-    small = postprocess.Params(threshold=0.5, min_component_area=101)
+    small = postprocess.Settings(threshold=0.5, min_component_area=101)
     assert postprocess.apply(probs, 1.0, small).sum() == 60 * 80 - 100
-    too_small = postprocess.Params(threshold=0.5, min_mask_area=60 * 80 + 1)  # 4800 in all.
+    too_small = postprocess.Settings(threshold=0.5, min_mask_area=60 * 80 + 1)  # 4800 in all.
     assert not postprocess.apply(probs, 1.0, too_small).any()
-    ellipse = postprocess.Params(largest_component_only=True, fill_holes=True, ellipse_fit=True)
+    ellipse = postprocess.Settings(largest_component_only=True, fill_holes=True, ellipse_fit=True)
     fitted = postprocess.apply(probs, 1.0, ellipse)
     assert _dice(fitted, _blobs((100, 160, 200, 280))) > 0.85 and not fitted[300:310].any()
 
@@ -127,10 +127,10 @@ def test_config_params_match_the_training_time_masks():
     rng = np.random.default_rng(2)
     probs = ndimage.gaussian_filter(rng.random((6, *SHAPE)), (0, 5, 5)).astype(np.float32) * 2 - 0.5
     presence = np.array([0.1, 0.9, 0.5, 0.7, 0.3, 1.0], np.float32)
-    config = ml_collections.ConfigDict({**dataclasses.asdict(postprocess.Params()),
+    config = ml_collections.ConfigDict({**dataclasses.asdict(postprocess.Settings()),
                                         "threshold": 0.45, "min_mask_area": 1500})
-    params = postprocess.Params.from_config(config)
-    assert params == postprocess.Params(threshold=0.45, min_mask_area=1500)
+    params = postprocess.Settings.from_config(config)
+    assert params == postprocess.Settings(threshold=0.45, min_mask_area=1500)
     expected = postprocess.masks_from_probabilities(jnp.asarray(probs), 0.45, 1500,
                                                     jnp.asarray(presence), 0.5)
     np.testing.assert_array_equal(postprocess.apply_batch(probs, presence, params), expected)
@@ -147,11 +147,14 @@ def test_mean_probability_logit():
 
 
 def test_params_file_round_trip_and_errors(tmp_path):
-    params = postprocess.Params(0.55, 500, True, False, True, 2000, 0.4)
+    params = postprocess.Settings(0.55, 500, True, False, True, 2000, 0.4)
     postprocess.save(str(tmp_path), params, {"note": "x"})
     assert postprocess.load(str(tmp_path)) == (params, {"note": "x"})
     assert postprocess.load(str(tmp_path / "nothing")) is None
     path = tmp_path / postprocess.POSTPROCESS_FILE
+    assert json.loads(path.read_text())["settings"] == params.__dict__
+    path.write_text(json.dumps({"params": params.__dict__, "note": "y"}))  # Earlier versions.
+    assert postprocess.load(str(tmp_path)) == (params, {"note": "y"})
     path.write_text("{not json")
     with pytest.raises(UserError, match=str(path)):
         postprocess.load(str(tmp_path))

@@ -48,12 +48,12 @@ def _disc_frames(count: int, radius_at_threshold: float, rng) -> tuple:
 
 def test_tune_finds_the_threshold_that_recovers_the_masks():
     probs, presence, truths = _disc_frames(12, 40.0, np.random.default_rng(0))
-    defaults = postprocess.Params()
+    defaults = postprocess.Settings()
     grid = tune.Grid(min_component_areas=(0, 100), min_mask_areas=(0, 300)).including(defaults)
     table = tune.score_frames(probs, presence, truths, grid)
-    chosen = grid.params(tune.best_index(table, grid, defaults))
+    chosen = grid.settings(tune.best_index(table, grid, defaults))
     # Every presence threshold in (0.3, 0.9] empties the false positives; 0.5 is the default.
-    assert chosen == postprocess.Params(threshold=0.6)
+    assert chosen == postprocess.Settings(threshold=0.6)
     assert table.mean(grid.index(chosen)) == 1.0
     assert table.mean(grid.index(defaults)) < 0.99
     assert table.empty_sum / table.frames == 0.5
@@ -66,8 +66,8 @@ def test_a_probability_equal_to_the_threshold_is_not_nerve():
     grid = tune.Grid(thresholds=(0.3, 0.5), min_component_areas=(0,), min_mask_areas=(0,),
                      presence_thresholds=(0.5,))
     table = tune.score_frames(probs, np.ones(1), truths, grid)
-    assert table.mean(grid.index(postprocess.Params(threshold=0.3))) == 0.0
-    assert table.mean(grid.index(postprocess.Params(threshold=0.5))) == 1.0
+    assert table.mean(grid.index(postprocess.Settings(threshold=0.3))) == 0.0
+    assert table.mean(grid.index(postprocess.Settings(threshold=0.5))) == 1.0
 
 
 def _noisy_frames(count: int, seed: int) -> tuple:
@@ -89,7 +89,7 @@ def test_score_table_equals_applying_each_params():
     table = tune.score_frames(probs, presence, truths, SMALL_GRID)
     assert table.dice_sum.shape == (3, 3, 2, 2, 2, 3, 3) and table.frames == 8
     for index in np.ndindex(table.dice_sum.shape):
-        params = SMALL_GRID.params(index)
+        params = SMALL_GRID.settings(index)
         masks = postprocess.apply_batch(probs, presence, params)
         expected = np.asarray(metrics.dice_per_image(masks, truths), np.float64).mean()
         assert table.mean(index) == pytest.approx(expected, abs=1e-6), params
@@ -97,7 +97,7 @@ def test_score_table_equals_applying_each_params():
 
 def test_tuned_params_never_score_below_the_defaults():
     probs, presence, truths = _noisy_frames(10, seed=2)
-    defaults = postprocess.Params(threshold=0.37, min_mask_area=77, presence_threshold=0.33)
+    defaults = postprocess.Settings(threshold=0.37, min_mask_area=77, presence_threshold=0.33)
     grid = SMALL_GRID.including(defaults)
     assert 0.37 in grid.thresholds and 77 in grid.min_mask_areas
     table = tune.score_frames(probs, presence, truths, grid)
@@ -109,14 +109,14 @@ def test_tuned_params_never_score_below_the_defaults():
 def test_ties_keep_the_defaults():
     truths = np.zeros((3, *SHAPE), bool)
     probs = np.zeros((3, *SHAPE), np.float32)  # Nothing predicted, nothing there: all 1.
-    defaults = postprocess.Params(threshold=0.5, min_mask_area=50, presence_threshold=0.8)
+    defaults = postprocess.Settings(threshold=0.5, min_mask_area=50, presence_threshold=0.8)
     table = tune.score_frames(probs, np.ones(3), truths, SMALL_GRID)
-    assert SMALL_GRID.params(tune.best_index(table, SMALL_GRID, defaults)) == defaults
+    assert SMALL_GRID.settings(tune.best_index(table, SMALL_GRID, defaults)) == defaults
 
 
 def test_leave_one_fold_out():
     first = tune.score_frames(*_noisy_frames(6, seed=3), SMALL_GRID)
-    defaults = postprocess.Params()
+    defaults = postprocess.Settings()
     same = tune.leave_one_fold_out([first, first], SMALL_GRID, defaults)
     # Tuned on an identical fold, scored on it: the in-sample score.
     assert same["tuned_dice"] == pytest.approx(first.dice_sum.max() / first.frames)
@@ -130,7 +130,7 @@ def test_leave_one_fold_out_scores_each_fold_with_the_others_choice():
     """Hand-made tables over 2 thresholds: fold A prefers 0.3, folds B and C prefer 0.6."""
     grid = tune.Grid(thresholds=(0.3, 0.6), min_component_areas=(0,), min_mask_areas=(0,),
                      presence_thresholds=(0.5,))
-    defaults = postprocess.Params(threshold=0.3)
+    defaults = postprocess.Settings(threshold=0.3)
 
     def table(dice_at_03, dice_at_06, frames):
         sums = np.zeros((2, 1, 2, 2, 2, 1, 1))
@@ -144,7 +144,7 @@ def test_leave_one_fold_out_scores_each_fold_with_the_others_choice():
     # A: B + C sum to (0.4*10 + 0.5*20, 0.6*10 + 0.8*20) = (14, 22) -> 0.6 -> A scores 0.5.
     # B: A + C give (19, 21) -> 0.6 -> 0.6.  C: A + B give (13, 11) -> 0.3 -> 0.5.
     assert [f["tuned_dice"] for f in result["per_fold"]] == pytest.approx([0.5, 0.6, 0.5])
-    assert [f["params"]["threshold"] for f in result["per_fold"]] == [0.6, 0.6, 0.3]
+    assert [f["settings"]["threshold"] for f in result["per_fold"]] == [0.6, 0.6, 0.3]
     assert [f["config_dice"] for f in result["per_fold"]] == pytest.approx([0.9, 0.4, 0.5])
     assert result["tuned_dice"] == pytest.approx((0.5 * 10 + 0.6 * 10 + 0.5 * 20) / 40)
     assert result["config_dice"] == pytest.approx((0.9 * 10 + 0.4 * 10 + 0.5 * 20) / 40)
@@ -203,7 +203,7 @@ def test_train_tune_predict_with_two_folds(two_folds, tiny_kaggle_dir, tmp_path,
     out = capsys.readouterr().out
     assert "24 held-out frames" in out and "leave-one-fold-out" in out
     saved = [json.load(open(os.path.join(f, postprocess.POSTPROCESS_FILE))) for f in folds]
-    assert saved[0]["params"] == saved[1]["params"]
+    assert saved[0]["settings"] == saved[1]["settings"]
     scores = saved[0]["heldout_dice"]
     assert scores["frames"] == 24 and scores["tuned_in_sample"] >= scores["config"]
 
@@ -242,7 +242,7 @@ def test_ensemble_averages_the_probabilities_of_its_models(two_folds, tiny_kaggl
     mean_presence = (presence[0] + presence[1]) / 2  # Fold 0 has no presence head: 1.
     threshold = float(np.median(mean_probs))  # Half of the pixels: the models disagree on many.
     presence_threshold = float(np.median(mean_presence))  # Empties half of the images.
-    params = postprocess.Params(threshold=threshold, presence_threshold=presence_threshold)
+    params = postprocess.Settings(threshold=threshold, presence_threshold=presence_threshold)
     for workdir in folds:
         postprocess.save(workdir, params, {})
     out = str(tmp_path / "ensemble.csv")
@@ -287,11 +287,11 @@ def test_tune_refuses_bad_input(two_folds, tmp_path, capsys):
 def test_a_choice_at_the_end_of_a_searched_range_is_flagged():
     grid = tune.Grid(thresholds=(0.3, 0.5, 0.7), min_component_areas=(0, 100),
                      min_mask_areas=(0, 500), presence_thresholds=(0.2, 0.5))
-    assert grid.at_edge(postprocess.Params(threshold=0.5, presence_threshold=0.5)) == [
+    assert grid.at_edge(postprocess.Settings(threshold=0.5, presence_threshold=0.5)) == [
         "presence_threshold"]
-    assert grid.at_edge(postprocess.Params(threshold=0.7, min_mask_area=500,
+    assert grid.at_edge(postprocess.Settings(threshold=0.7, min_mask_area=500,
                                            presence_threshold=0.2)) == [
         "threshold", "min_mask_area", "presence_threshold"]
     # A minimum area of 0 is no edge: nothing smaller can be searched.
-    assert grid.at_edge(postprocess.Params(threshold=0.5, min_component_area=0,
+    assert grid.at_edge(postprocess.Settings(threshold=0.5, min_component_area=0,
                                            presence_threshold=0.2)) == ["presence_threshold"]

@@ -127,23 +127,23 @@ def load_heldout(workdir: str) -> HeldOut:
     return heldout
 
 
-def postprocess_params(workdir: str,
-                       config: ml_collections.ConfigDict) -> tuple[postprocess.Params, str, dict]:
-    """(params, where they come from, tune's report or {}): workdir/postprocess.json when
+def postprocess_settings(workdir: str,
+                       config: ml_collections.ConfigDict) -> tuple[postprocess.Settings, str, dict]:
+    """(settings, where they come from, tune's report or {}): workdir/postprocess.json when
     present, else the config's values."""
     loaded = postprocess.load(workdir)
     if loaded is None:
-        return (postprocess.Params.from_config(config),
+        return (postprocess.Settings.from_config(config),
                 f"config values (no {postprocess.POSTPROCESS_FILE} in {workdir})", {})
-    params, report = loaded
-    return params, os.path.join(workdir, postprocess.POSTPROCESS_FILE), report
+    settings, report = loaded
+    return settings, os.path.join(workdir, postprocess.POSTPROCESS_FILE), report
 
 
 def validation_pass(workdir: str, config: ml_collections.ConfigDict, state: train.TrainState,
                     step: int, tta: str,
-                    scored: dict[str, postprocess.Params] | None = None) -> dict:
+                    scored: dict[str, postprocess.Settings] | None = None) -> dict:
     """Predicts the validation subjects once: writes workdir/heldout_predictions.npz and
-    returns the Kaggle Dice (420x580, empty vs empty = 1) of each of `scored`'s params,
+    returns the Kaggle Dice (420x580, empty vs empty = 1) of each of `scored`'s settings,
     as "<name>_dice", next to the all-empty baseline, over the same frames."""
     scored = scored or {}
     builder = train.prepare_data(config, workdir)
@@ -151,8 +151,8 @@ def validation_pass(workdir: str, config: ml_collections.ConfigDict, state: trai
     sums = dict.fromkeys([*scored, "empty"], 0.0)
     parts = []
     for frames in _validation_predictions(config, state, builder, subjects, tta):
-        for name, params in scored.items():
-            masks = postprocess.apply_batch(frames["probs"], frames["presence"], params)
+        for name, settings in scored.items():
+            masks = postprocess.apply_batch(frames["probs"], frames["presence"], settings)
             sums[name] += float(np.sum(metrics.dice_per_image(masks, frames["mask_full"])))
         sums["empty"] += float(np.sum(metrics.empty_baseline_per_image(frames["mask_full"])))
         parts.append({"logits": frames["logits"].astype(np.float16),
@@ -187,9 +187,9 @@ def evaluate(workdir: str, tta: str | None = None) -> dict:
     runtime.start_tensorflow()
     config, state, step = restore_best(workdir)
     tta = resolve_tta(config, tta)
-    params, source, report = postprocess_params(workdir, config)
-    config_params = postprocess.Params.from_config(config)
-    scored = {"val": params} if params == config_params else {"val": params,
+    settings, source, report = postprocess_settings(workdir, config)
+    config_params = postprocess.Settings.from_config(config)
+    scored = {"val": settings} if settings == config_params else {"val": settings,
                                                                 "config": config_params}
     scores = validation_pass(workdir, config, state, step, tta, scored)
     tuned_on = set(report.get("tuned_on", {}).get("subjects", []))
@@ -198,9 +198,9 @@ def evaluate(workdir: str, tta: str | None = None) -> dict:
         "val_dice_config_postprocess": scores.get("config_dice", scores["val_dice"]),
         "val_frames": scores["frames"],
         "step": int(step), "val_subjects": scores["val_subjects"], "tta": tta,
-        "postprocess": dataclasses.asdict(params), "postprocess_source": source,
+        "postprocess": dataclasses.asdict(settings), "postprocess_source": source,
         "config_postprocess": dataclasses.asdict(config_params),
-        # Params tuned on these very frames score optimistically here; tune reports an
+        # Settings tuned on these very frames score optimistically here; tune reports an
         # estimate from folds it did not tune on.
         "postprocess_tuned_on_these_frames": bool(tuned_on & set(scores["val_subjects"])),
         "heldout_predictions": scores["heldout"],
@@ -211,7 +211,7 @@ def evaluate(workdir: str, tta: str | None = None) -> dict:
         with atomic_open(os.path.join(workdir, EVAL_FILE)) as f:
             json.dump(result, f, indent=2)
         result["overlay"] = save_overlay(config, state, scores["val_subjects"],
-                                         os.path.join(workdir, OVERLAY_FILE), params, tta)
+                                         os.path.join(workdir, OVERLAY_FILE), settings, tta)
     return result
 
 
@@ -229,7 +229,7 @@ def _overlay_frames(kaggle_dir: str, subjects: list[int], count: int) -> list[ka
     return chosen
 
 
-def save_overlay(config, state, subjects: list[int], path: str, params: postprocess.Params,
+def save_overlay(config, state, subjects: list[int], path: str, settings: postprocess.Settings,
                  tta: str = "none", count: int = 8) -> str:
     """PNG of validation frames: truth outline green, prediction outline red, with Dice."""
     pairs = _overlay_frames(config.kaggle_dir, subjects, count)
@@ -238,7 +238,7 @@ def save_overlay(config, state, subjects: list[int], path: str, params: postproc
     resized = pipeline.resize_image(images[..., None], tuple(config.image_size)).numpy()
     predict = jax.jit(functools.partial(train.predict_step, tta=tta))
     predictions = jax.device_get(predict(jax.device_get(state), {"image": resized}))
-    preds = postprocess.apply_batch(predictions["probs"], predictions["presence"], params)
+    preds = postprocess.apply_batch(predictions["probs"], predictions["presence"], settings)
     dices = np.asarray(metrics.dice_per_image(preds, truths))
     rows = 1 if len(pairs) == 1 else 2
     columns = -(-len(pairs) // rows)
@@ -275,10 +275,10 @@ def predict(workdirs: Sequence[str] | str, out_path: str, test_dir: str | None =
     runtime.start_tensorflow()
     models = [restore_best(w) for w in workdirs]
     first_config = models[0][0]
-    params, source, report = postprocess_params(workdirs[0], first_config)
+    settings, source, report = postprocess_settings(workdirs[0], first_config)
     # Tune over all the folds writes one choice into each; say so where they disagree.
     disagreeing = sorted({w for w in workdirs[1:]
-                          if (loaded := postprocess.load(w)) and loaded[0] != params})
+                          if (loaded := postprocess.load(w)) and loaded[0] != settings})
     test_dir = test_dir or kaggle.locate(first_config.kaggle_dir, "test") or os.path.join(
         first_config.kaggle_dir, "test")
     images = kaggle.scan_test(test_dir)
@@ -308,7 +308,7 @@ def predict(workdirs: Sequence[str] | str, out_path: str, test_dir: str | None =
             continue
         for image_id, frame_probs, frame_presence in zip(ids, probs, presence, strict=True):
             if image_id >= 0:
-                mask = postprocess.apply(frame_probs, float(frame_presence), params)
+                mask = postprocess.apply(frame_probs, float(frame_presence), settings)
                 rles[int(image_id)] = rle.encode(mask)
     if jax.process_index() == 0:
         submission.write(out_path, list(rles), list(rles.values()))
@@ -317,6 +317,6 @@ def predict(workdirs: Sequence[str] | str, out_path: str, test_dir: str | None =
             "non_empty": sum(bool(r) for r in rles.values()),
             "models": [{"workdir": w, "step": int(step), "tta": t}
                        for w, (_, _, step), t in zip(workdirs, models, ttas, strict=True)],
-            "step": int(models[0][2]), "postprocess": dataclasses.asdict(params),
+            "step": int(models[0][2]), "postprocess": dataclasses.asdict(settings),
             "postprocess_source": source, "postprocess_tuned_tta": tuned_tta,
             "postprocess_ignored": disagreeing}

@@ -8,7 +8,7 @@ On the host (NumPy, scikit-image), one frame at a time: `apply`, the tunable cha
     pixel threshold -> drop small components -> keep the largest -> fill holes -> fit ellipses
     -> empty a mask smaller than min_mask_area -> empty a frame whose presence is too low
 
-whose `Params` come from the config or from a workdir's postprocess.json (`nerve-jax tune`).
+whose `Settings` come from the config or from a workdir's postprocess.json (`nerve-jax tune`).
 Components are 8-connected. The steps work on the mask's bounding box, so a frame costs
 little more than its nerve.
 """
@@ -53,7 +53,7 @@ def masks_from_probabilities(probs: jax.Array, threshold: float, min_area: int,
     pixels is emptied (a false positive on an empty frame costs a whole image's score), and so
     is every mask whose frame's presence probability [B] is below `presence_threshold`.
 
-    The same masks as `apply` with Params.from_config on a config without the shape steps.
+    The same masks as `apply` with Settings.from_config on a config without the shape steps.
     """
     masks = probs > threshold
     keep = jnp.sum(masks, axis=(1, 2)) >= min_area
@@ -63,7 +63,7 @@ def masks_from_probabilities(probs: jax.Array, threshold: float, min_area: int,
 
 
 @dataclasses.dataclass(frozen=True)
-class Params:
+class Settings:
     """Host-side post-processing of one frame, in the order of the fields (see `apply`)."""
 
     threshold: float = 0.5  # A pixel is nerve where its probability is above this.
@@ -75,17 +75,17 @@ class Params:
     presence_threshold: float = 0.5  # A frame with a lower presence probability is emptied.
 
     @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict) -> "Params":
+    def from_config(cls, config: ml_collections.ConfigDict) -> "Settings":
         """The config's values (older workdir configs are completed by config_util.migrate)."""
         return cls(**{f.name: type(f.default)(config[f.name]) for f in dataclasses.fields(cls)})
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str) -> "Params":
-        """Params from JSON values; a missing, unknown or mistyped field raises UserError
+    def from_dict(cls, values: dict[str, Any], source: str) -> "Settings":
+        """Settings from JSON values; a missing, unknown or mistyped field raises UserError
         naming `source`."""
         fields = {f.name: type(f.default) for f in dataclasses.fields(cls)}
         if not isinstance(values, dict) or set(values) != set(fields):
-            raise UserError(f"{source}: post-processing params must have exactly the fields "
+            raise UserError(f"{source}: post-processing settings must have exactly the fields "
                             f"{sorted(fields)}; got {values!r}")
         for name, kind in fields.items():
             value = values[name]
@@ -278,35 +278,35 @@ def refine_shape(components: Components, kept: np.ndarray, fill: bool,
     return mask
 
 
-def apply(probs: np.ndarray, presence: float, params: Params) -> np.ndarray:
+def apply(probs: np.ndarray, presence: float, settings: Settings) -> np.ndarray:
     """One frame's full-resolution probabilities [H, W] float32 and presence probability
-    -> its mask [H, W] bool, by the steps of `params` in field order."""
-    if presence < params.presence_threshold:
+    -> its mask [H, W] bool, by the steps of `settings` in field order."""
+    if presence < settings.presence_threshold:
         return np.zeros(probs.shape, bool)
-    components = label_components(probs > params.threshold)
-    kept = selected_components(components.areas, params.min_component_area,
-                               params.largest_component_only)
-    mask = refine_shape(components, kept, params.fill_holes, params.ellipse_fit)
-    if np.count_nonzero(mask) < params.min_mask_area:
+    components = label_components(probs > settings.threshold)
+    kept = selected_components(components.areas, settings.min_component_area,
+                               settings.largest_component_only)
+    mask = refine_shape(components, kept, settings.fill_holes, settings.ellipse_fit)
+    if np.count_nonzero(mask) < settings.min_mask_area:
         mask[:] = False
     return mask
 
 
-def apply_batch(probs: np.ndarray, presence: np.ndarray, params: Params) -> np.ndarray:
+def apply_batch(probs: np.ndarray, presence: np.ndarray, settings: Settings) -> np.ndarray:
     """`apply` on each frame: probs [B, H, W] float32, presence [B] -> masks [B, H, W] bool."""
-    return np.stack([apply(p, float(q), params) for p, q in zip(probs, presence, strict=True)])
+    return np.stack([apply(p, float(q), settings) for p, q in zip(probs, presence, strict=True)])
 
 
-def save(workdir: str, params: Params, report: dict) -> str:
-    """Writes workdir/postprocess.json (atomically): the params and how they were chosen."""
+def save(workdir: str, settings: Settings, report: dict) -> str:
+    """Writes workdir/postprocess.json (atomically): the settings and how they were chosen."""
     path = os.path.join(workdir, POSTPROCESS_FILE)
     with atomic_open(path) as f:
-        json.dump({"params": dataclasses.asdict(params), **report}, f, indent=2)
+        json.dump({"settings": dataclasses.asdict(settings), **report}, f, indent=2)
     return path
 
 
-def load(workdir: str) -> tuple[Params, dict] | None:
-    """(params, the rest of the file) from workdir/postprocess.json, or None without one."""
+def load(workdir: str) -> tuple[Settings, dict] | None:
+    """(settings, the rest of the file) from workdir/postprocess.json, or None without one."""
     path = os.path.join(workdir, POSTPROCESS_FILE)
     if not os.path.isfile(path):
         return None
@@ -316,7 +316,10 @@ def load(workdir: str) -> tuple[Params, dict] | None:
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: unreadable post-processing file ({e}); rerun "
                         "`nerve-jax tune` or delete it") from None
-    if not isinstance(content, dict) or "params" not in content:
-        raise UserError(f"{path}: no 'params' in it; rerun `nerve-jax tune` or delete it")
-    report = {k: v for k, v in content.items() if k != "params"}
-    return Params.from_dict(content["params"], path), report
+    # Earlier versions wrote the settings under "params".
+    key = next((k for k in ("settings", "params") if isinstance(content, dict) and k in content),
+               None)
+    if key is None:
+        raise UserError(f"{path}: no 'settings' in it; rerun `nerve-jax tune` or delete it")
+    report = {k: v for k, v in content.items() if k != key}
+    return Settings.from_dict(content[key], path), report

@@ -3,14 +3,14 @@
 The held-out predictions of each fold's workdir (heldout_predictions.npz, written by train and
 evaluate) are pooled, brought back to 420x580 with the resize of predict, and scored with the
 Kaggle Dice against the true masks of the workdir's TFDS data, for every point of a grid of
-`postprocess.Params`. The whole grid is scored exactly: per frame and pixel threshold the
+`postprocess.Settings`. The whole grid is scored exactly: per frame and pixel threshold the
 components are labelled once, each distinct choice of components is refined once (holes,
 ellipses), the minimum mask areas are comparisons on the refined areas, and the presence
 threshold decides per frame between that Dice and the empty mask's.
 
 Tuning on the frames that report the score flatters it, so tune reports next to each other,
-on the same frames: the config's params, the chosen ones (in-sample), and with two folds or
-more a leave-one-fold-out estimate (params chosen on the other folds, scored on each fold).
+on the same frames: the config's settings, the chosen ones (in-sample), and with two folds or
+more a leave-one-fold-out estimate (settings chosen on the other folds, scored on each fold).
 """
 
 import collections
@@ -43,7 +43,7 @@ METRIC = "Kaggle Dice, per image at 420x580, empty vs empty = 1"
 
 @dataclasses.dataclass(frozen=True)
 class Grid:
-    """The values searched for each field of postprocess.Params (booleans: both); each kept
+    """The values searched for each field of postprocess.Settings (booleans: both); each kept
     sorted and unique."""
 
     thresholds: tuple[float, ...] = tuple(np.round(np.arange(0.1, 0.901, 0.05), 2).tolist())
@@ -56,33 +56,33 @@ class Grid:
         for field in dataclasses.fields(self):
             object.__setattr__(self, field.name, tuple(sorted(set(getattr(self, field.name)))))
 
-    def including(self, params: postprocess.Params) -> "Grid":
-        """This grid with `params`' values added, so that they are scored too."""
-        return Grid((*self.thresholds, params.threshold),
-                    (*self.min_component_areas, params.min_component_area),
-                    (*self.min_mask_areas, params.min_mask_area),
-                    (*self.presence_thresholds, params.presence_threshold))
+    def including(self, settings: postprocess.Settings) -> "Grid":
+        """This grid with `settings`' values added, so that they are scored too."""
+        return Grid((*self.thresholds, settings.threshold),
+                    (*self.min_component_areas, settings.min_component_area),
+                    (*self.min_mask_areas, settings.min_mask_area),
+                    (*self.presence_thresholds, settings.presence_threshold))
 
     def axes(self) -> tuple[tuple, ...]:
-        """The values along each axis of a score table, in postprocess.Params field order."""
+        """The values along each axis of a score table, in postprocess.Settings field order."""
         return (self.thresholds, self.min_component_areas, BOOLS, BOOLS, BOOLS,
                 self.min_mask_areas, self.presence_thresholds)
 
-    def index(self, params: postprocess.Params) -> tuple[int, ...]:
-        values = dataclasses.astuple(params)
+    def index(self, settings: postprocess.Settings) -> tuple[int, ...]:
+        values = dataclasses.astuple(settings)
         try:
             return tuple(axis.index(v) for axis, v in zip(self.axes(), values, strict=True))
         except ValueError:
-            raise ValueError(f"{params} is not on the grid") from None
+            raise ValueError(f"{settings} is not on the grid") from None
 
-    def params(self, index: Sequence[int]) -> postprocess.Params:
-        return postprocess.Params(*(axis[i] for axis, i in zip(self.axes(), index, strict=True)))
+    def settings(self, index: Sequence[int]) -> postprocess.Settings:
+        return postprocess.Settings(*(axis[i] for axis, i in zip(self.axes(), index, strict=True)))
 
-    def at_edge(self, params: postprocess.Params) -> list[str]:
-        """The numeric fields of `params` at the end of their searched range, where a wider
+    def at_edge(self, settings: postprocess.Settings) -> list[str]:
+        """The numeric fields of `settings` at the end of their searched range, where a wider
         grid might score better (a minimum area of 0 is no such end)."""
-        names = [f.name for f in dataclasses.fields(params)]
-        return [name for name, axis, value in zip(names, self.axes(), dataclasses.astuple(params),
+        names = [f.name for f in dataclasses.fields(settings)]
+        return [name for name, axis, value in zip(names, self.axes(), dataclasses.astuple(settings),
                                                   strict=True)
                 if axis is not BOOLS and len(axis) > 1
                 and (value == axis[-1] or (value == axis[0] and "area" not in name))]
@@ -146,7 +146,7 @@ def kept_dice(probs: np.ndarray, truth: np.ndarray, grid: Grid) -> np.ndarray:
 
 
 class ScoreTable(NamedTuple):
-    """Sums over frames of the Kaggle Dice of every params of a Grid."""
+    """Sums over frames of the Kaggle Dice of every settings of a Grid."""
 
     dice_sum: np.ndarray  # [T, A, 2, 2, 2, M, P] float64, axes as Grid.axes().
     empty_sum: float  # The all-empty baseline.
@@ -173,7 +173,7 @@ def score_frames(probs: np.ndarray, presence: np.ndarray, truths: np.ndarray,
                       len(kept))
 
 
-def best_index(table: ScoreTable, grid: Grid, defaults: postprocess.Params) -> tuple[int, ...]:
+def best_index(table: ScoreTable, grid: Grid, defaults: postprocess.Settings) -> tuple[int, ...]:
     """The grid point with the highest Dice; among ties, the one that changes the fewest of
     `defaults`' fields."""
     dice = table.dice_sum
@@ -301,8 +301,8 @@ def _process_pool(workers: int) -> contextlib.AbstractContextManager:
 
 
 def leave_one_fold_out(tables: Sequence[ScoreTable], grid: Grid,
-                       defaults: postprocess.Params) -> dict:
-    """Each fold scored with the params chosen on the other folds: an estimate of what
+                       defaults: postprocess.Settings) -> dict:
+    """Each fold scored with the settings chosen on the other folds: an estimate of what
     tuning gains on frames it has not seen."""
     per_fold = []
     for i, table in enumerate(tables):
@@ -311,7 +311,7 @@ def leave_one_fold_out(tables: Sequence[ScoreTable], grid: Grid,
         per_fold.append({"tuned_dice": table.mean(chosen),
                          "config_dice": table.mean(grid.index(defaults)),
                          "frames": table.frames,
-                         "params": dataclasses.asdict(grid.params(chosen))})
+                         "settings": dataclasses.asdict(grid.settings(chosen))})
     frames = sum(f["frames"] for f in per_fold)
     return {"tuned_dice": sum(f["tuned_dice"] * f["frames"] for f in per_fold) / frames,
             "config_dice": sum(f["config_dice"] * f["frames"] for f in per_fold) / frames,
@@ -320,14 +320,14 @@ def leave_one_fold_out(tables: Sequence[ScoreTable], grid: Grid,
 
 def tune(workdirs: Sequence[str], grid: Grid = Grid(), write: bool = True,
          workers: int = 1, progress: bool = False) -> dict:
-    """Chooses post-processing params on the pooled held-out predictions of `workdirs` (one
+    """Chooses post-processing settings on the pooled held-out predictions of `workdirs` (one
     per fold) and writes them, with how they scored, to postprocess.json in each workdir.
     `workers` > 1 scores frames in that many processes; `progress` shows a progress bar."""
     start = time.perf_counter()
     runtime.start_tensorflow()
     folds = [load_fold(w) for w in workdirs]
     check_disjoint(folds)
-    defaults = postprocess.Params.from_config(folds[0].config)
+    defaults = postprocess.Settings.from_config(folds[0].config)
     grid = grid.including(defaults)
     frames = sum(len(f.heldout.names) for f in folds)
     with (_process_pool(workers) as pool,
@@ -335,7 +335,7 @@ def tune(workdirs: Sequence[str], grid: Grid = Grid(), write: bool = True,
         tables = [fold_table(fold, grid, pool, 2 * workers, bar) for fold in folds]
     pooled = functools.reduce(lambda a, b: a + b, tables)
     chosen_index = best_index(pooled, grid, defaults)
-    chosen, default_index = grid.params(chosen_index), grid.index(defaults)
+    chosen, default_index = grid.settings(chosen_index), grid.index(defaults)
     folds_report = [{"workdir": f.workdir, "frames": t.frames,
                      "subjects": f.heldout.val_subjects, "step": f.heldout.step,
                      "tta": f.heldout.tta, "tuned_dice": t.mean(chosen_index),
@@ -363,7 +363,7 @@ def tune(workdirs: Sequence[str], grid: Grid = Grid(), write: bool = True,
     }
     report["seconds"] = round(time.perf_counter() - start, 1)
     differing = [f.workdir for f in folds[1:]
-                 if postprocess.Params.from_config(f.config) != defaults]
+                 if postprocess.Settings.from_config(f.config) != defaults]
     files = [postprocess.save(w, chosen, report) for w in workdirs] if write else []
-    return {**report, "params": chosen, "defaults": defaults, "files": files,
+    return {**report, "settings": chosen, "defaults": defaults, "files": files,
             "configs_differ": differing}
