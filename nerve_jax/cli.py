@@ -1,7 +1,6 @@
 """The `nerve-jax` command."""
 
 import argparse
-import json
 import os
 import sys
 
@@ -78,10 +77,16 @@ def _cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     config_util.apply_overrides(config, overrides)
     config = config_util.checked(config, needs_data=True)  # Before any data work.
     result = train.train_and_evaluate(config, args.workdir)
-    print(json.dumps(result.val_metrics, indent=2))
+    if result.val_metrics:
+        metrics = result.val_metrics
+        print(f"last evaluation, step {result.eval_step}: validation Dice "
+              f"{metrics['val_dice']:.4f} (all-empty {metrics['val_empty_dice']:.4f}, "
+              f"{metrics['val_frames']} frames, the config's thresholds)")
     heldout = inference.write_heldout_predictions(args.workdir)
+    print(f"best checkpoint: step {heldout['step']}, validation Dice {result.best.dice:.4f}; "
+          "evaluate, tune and predict use it")
     print(f"held-out predictions for `nerve-jax tune`: {heldout['heldout']} "
-          f"({heldout['frames']} frames, checkpoint step {heldout['step']}, tta {heldout['tta']})")
+          f"({heldout['frames']} frames, tta {heldout['tta']})")
     return 0
 
 
@@ -90,7 +95,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     result = inference.evaluate(args.workdir, args.tta)
     print(f"validation subjects {result['val_subjects']} ({result['val_frames']} frames), "
-          f"checkpoint step {result['step']}, tta {result['tta']}")
+          f"best checkpoint (step {result['step']}), tta {result['tta']}")
     print(f"post-processing: {result['postprocess_source']}")
     print(f"Kaggle Dice (420x580): model {result['val_dice']:.4f}   "
           f"all-empty baseline {result['val_empty_dice']:.4f}")

@@ -269,7 +269,9 @@ def patience_exhausted(step: int, best: BestSoFar, patience: int, eval_every_ste
 
 class TrainResult(NamedTuple):
     state: TrainState
-    val_metrics: dict  # The last evaluation: val_dice, val_empty_dice, val_frames.
+    val_metrics: dict  # The last evaluation: val_dice, val_empty_dice, val_frames ({}: none).
+    eval_step: int  # The step of that evaluation (-1: none in this run).
+    best: BestSoFar  # The best checkpoint: the one evaluate, tune and predict use.
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
@@ -302,7 +304,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                      config.batch_size, config.seed, start_step,
                                      config.shuffle_buffer, config.clean,
                                      config.duplicate_threshold, config.augment)
-    val_metrics = {}
+    val_metrics, eval_step = {}, -1
     best, patience = best_so_far(mngr), config.early_stopping_patience
     progress = _progress(start_step, total_steps, is_main)
     for step in range(start_step + 1, total_steps + 1):
@@ -314,6 +316,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             progress.set_postfix(loss=f"{scalars['train_loss']:.4f}")
         if step % config.eval_every_steps == 0 or step == total_steps:
             val_metrics = evaluate_subjects(evaluate, state, builder, config, val_subjects)
+            eval_step = step
             log.write(step, val_metrics)
             checkpoint.save(mngr, step, state, val_metrics["val_dice"])
             best = best.update(step, val_metrics["val_dice"])
@@ -326,7 +329,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 break
     progress.close()
     mngr.wait_until_finished()
-    return TrainResult(state, val_metrics)
+    return TrainResult(state, val_metrics, eval_step, best)
 
 
 def _progress(start: int, total: int, enabled: bool) -> tqdm:

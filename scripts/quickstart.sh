@@ -5,15 +5,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_venv.sh
-export TF_CPP_MIN_LOG_LEVEL=2
 DATA=${DATA:-runs/quickstart/data}
 WORKDIR=${WORKDIR:-runs/quickstart/work}
+TFDS=${TFDS:-runs/quickstart/tfds}  # Not ~/tensorflow_datasets, the default: that is for the real data.
 NJ=.venv/bin/nerve-jax
 
 if [ ! -f "$DATA/train_masks.csv" ]; then
   $NJ synth --out "$DATA" --subjects 24 --frames 20 --test 60 --seed 0
 fi
-$NJ train --config configs/quickstart.py --workdir "$WORKDIR" --config.kaggle_dir="$DATA"
+$NJ train --config configs/quickstart.py --workdir "$WORKDIR" --config.kaggle_dir="$DATA" \
+    --config.tfds_data_dir="$TFDS"
 $NJ evaluate --workdir "$WORKDIR"
 # Post-processing tuned on the held-out predictions train wrote (benchmarks/quality.py: it helps);
 # after evaluate, so the validation Dice printed above is not scored on the frames it was tuned on.

@@ -66,6 +66,9 @@ def test_trains_the_configured_steps_from_step_one(test_config, tiny_kaggle_dir,
     mngr = checkpoint.manager(str(workdir), read_only=True)
     best = max(dice, key=lambda step: (dice[step], step))  # Ties: orbax keeps the latest.
     assert mngr.best_step() == best and mngr.latest_step() == 3
+    assert result.eval_step == 3 and result.best.dice == dice[best]
+    first_best = min(s for s in dice if dice[s] == dice[best])
+    assert result.best.step == first_best  # The step that first reached the best Dice.
     assert sorted(mngr.all_steps()) == sorted({best, 3})
     assert json.load(open(workdir / train.CONFIG_FILE))["num_train_steps"] == 3
 
