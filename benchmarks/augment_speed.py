@@ -171,5 +171,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    runtime.configure()
-    main()
+    common.run_main(main)

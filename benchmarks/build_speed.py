@@ -23,7 +23,6 @@ import zipfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
-from nerve_jax import runtime  # noqa: E402
 from nerve_jax.data import kaggle, synthetic, tfds_builder  # noqa: E402
 
 
@@ -86,5 +85,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    runtime.configure()
-    main()
+    common.run_main(main)

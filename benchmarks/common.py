@@ -7,6 +7,8 @@ import statistics
 import time
 from collections.abc import Callable
 
+from nerve_jax import runtime
+
 # Two 256-bit FMA pipes (Zen 2-4; Zen 4 runs AVX-512 on the same pipes): 2 x 8 lanes x 2 FLOP.
 # Measured here: PyTorch's train step sustains ~141 GFLOP/s on 2 cores at 2.6 GHz, above the
 # 83 GFLOP/s a 16 FLOP/cycle peak would allow, so 16 is not this CPU's peak.
@@ -62,3 +64,12 @@ def add_step_flags(parser) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
     parser.add_argument("--upsample", default="pixel_shuffle",
                         choices=("pixel_shuffle", "transpose"))
+
+
+def run_main(main: Callable[[], object], huge_pages: bool = False) -> None:
+    """A benchmark's entry point: the nerve-jax command's process settings, then main().
+    `huge_pages` restarts the process once with them first, as train/evaluate/predict do."""
+    if huge_pages:
+        runtime.reexec_with_huge_pages()
+    runtime.configure()
+    main()

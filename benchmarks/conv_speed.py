@@ -30,7 +30,6 @@ from jax import lax  # noqa: E402
 
 import nerve_jax  # noqa: E402, F401  (its XLA:CPU flags, set before the backend starts)
 from benchmarks import common  # noqa: E402
-from nerve_jax import runtime  # noqa: E402
 
 
 class Conv(NamedTuple):
@@ -172,6 +171,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    runtime.reexec_with_huge_pages()  # Both frameworks run in this process, with them.
-    runtime.configure()
-    main()
+    common.run_main(main, huge_pages=True)  # Both frameworks run in this process, with them.

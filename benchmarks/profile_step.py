@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 from benchmarks import common, train_throughput  # noqa: E402
-from nerve_jax import parallel, runtime  # noqa: E402
+from nerve_jax import parallel  # noqa: E402
 
 WORKER_THREADS = "XLAEigen"  # XLA:CPU's intra-op threads, as the trace names them.
 
@@ -110,6 +110,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    runtime.reexec_with_huge_pages()
-    runtime.configure()
-    main()
+    common.run_main(main, huge_pages=True)

@@ -17,15 +17,18 @@ import itertools
 import json
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 
-import jax
-import numpy as np
-from skimage.draw import ellipse
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from nerve_jax import runtime
-from nerve_jax.submit import rle
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from skimage.draw import ellipse  # noqa: E402
+
+from benchmarks import common  # noqa: E402
+from nerve_jax.submit import rle  # noqa: E402
 
 H, W = 420, 580
 
@@ -260,5 +263,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    runtime.configure()
-    main()
+    common.run_main(main)

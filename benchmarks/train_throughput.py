@@ -165,6 +165,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    runtime.reexec_with_huge_pages()
-    runtime.configure()
-    main()
+    common.run_main(main, huge_pages=True)

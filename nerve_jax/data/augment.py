@@ -5,16 +5,9 @@ Randomness is stateless: a batch's parameters are a function of (config.seed, pr
 step) only, so a run resumed at step k draws exactly what an uninterrupted run draws at step k,
 and every epoch draws afresh (augmentation comes after the cache).
 
-Where it runs: in tf.data, on the host, overlapped with the train step by prefetch. Measured by
-`benchmarks/augment_speed.py` on this 2-core CPU at [32, 128, 176, 1] (5 runs, machine shared):
-one ImageProjectiveTransformV3 call warps image and mask in 17-31 ms a batch (whole augmentation,
-photometric included, 27-46 ms; 20-45 ms a batch in the warm pipeline); the same warp jitted in JAX
-(jax.scipy.ndimage.map_coordinates, order 1; outputs agree to 2e-7) takes 31-55 ms, 1.1-2.4x
-(median 1.8x) the tf.data time. A train step of 32 takes 6-7 s (9-19 s while the machine was
-shared; benchmarks/input_speed.py), so the tf.data path is both the faster one and < 1% of a
-step, and, run ahead by prefetch, it keeps the train step a pure function of its batch. (On an
-accelerator the JAX warp would be near free: revisit if host augmentation ever limits a GPU/TPU
-run.)
+It runs in tf.data on the host, overlapped with the train step by prefetch, so the train step
+stays a pure function of its batch (docs/performance.md, "Data preparation and input", compares
+it with the same warp in JAX).
 
 The mask is warped bilinearly with the image and thresholded at 0.5, the rule `resize_mask` uses
 (a pixel is in when at least half covered): the boundary follows the rotated/zoomed outline at

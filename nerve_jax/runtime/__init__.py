@@ -10,8 +10,9 @@ What it sets:
 - on the CPU backend only, nerve-jax's XLA:CPU flags (xla_flags.py), added to XLA_FLAGS: XLA
   reads them when JAX starts its backend, so they do nothing after that (configure says so);
 - nerve-jax's own log lines (logger "nerve_jax") printed plainly on stderr;
-- unless `verbose`, other libraries' absl/Python log lines below ERROR hidden (orbax, TFDS) and
-  TensorFlow's start-up lines dropped (`start_tensorflow`).
+- unless `verbose`, other libraries' absl/Python log lines below ERROR hidden (orbax, TFDS),
+  TensorFlow's C++ lines below ERROR too (TF_CPP_MIN_LOG_LEVEL=2 unless set), and TensorFlow's
+  start-up lines dropped (`start_tensorflow`).
 
 Huge pages (host_malloc.py) need a restart of the process, so a program's entry point asks for
 them itself, first thing: `runtime.reexec_with_huge_pages()`.
@@ -72,6 +73,8 @@ def configure(verbose: bool = False, environ=os.environ) -> dict:
                              "XLA:CPU flags cannot take effect in this process")
         else:
             cpu_flags = xla_flags.enabled(environ)  # Set before JAX started, or opted out.
+    if not verbose:  # TensorFlow's C++ INFO and WARNING lines (tf.data's among them).
+        environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     _configure_logs(verbose)
     return {"cpu_flags": cpu_flags, "verbose": verbose}
 

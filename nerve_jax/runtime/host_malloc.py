@@ -1,19 +1,17 @@
 """Huge pages for glibc's large allocations, so that XLA:CPU's temporaries fault 2 MiB at a time.
 
-XLA:CPU allocates each execution's temporaries afresh: 1.2 GB for the default train step
-(benchmarks/train_throughput.py). glibc serves an allocation that large with a fresh mmap and
-hands it back with munmap, so every step faults all of it in again, 4 KiB page by page (300k
-faults, the kernel zeroing each page) before any work is done; a 42 MB elementwise op took 20 ms
-instead of 3. glibc's tunable `glibc.malloc.hugetlb=1` makes it ask for transparent huge pages on
-those mappings: train step 2.76-2.84 s -> 2.34-2.51 s here, peak RSS unchanged (README,
-Performance).
+XLA:CPU allocates each execution's temporaries afresh; glibc serves an allocation that large with
+a fresh mmap and hands it back with munmap, so every step faults all of it in again, 4 KiB page
+by page. glibc's tunable `glibc.malloc.hugetlb=1` makes it ask for transparent huge pages on
+those mappings (docs/performance.md, "Train step on the CPU", has the step times).
 
 glibc reads tunables when a process starts, so `nerve-jax train|evaluate|predict` and the
-benchmarks restart themselves once with GLIBC_TUNABLES extended (`reexec_with_huge_pages`); a
-program that imports nerve_jax sets it itself: GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python
-my_script.py. It matters where the kernel's transparent huge pages are in "madvise" mode
-(Debian's and Ubuntu's default): in "always" mode the kernel does it unasked, in "never" mode
-nothing does. glibc has the tunable since 2.35. NERVE_JAX_HUGE_PAGES=0 turns the restart off.
+benchmarks restart themselves once with GLIBC_TUNABLES extended (`reexec_with_huge_pages`, via
+`runtime.reexec_with_huge_pages` on the CPU backend only); another program sets it itself:
+GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python my_script.py. It matters where the kernel's
+transparent huge pages are in "madvise" mode (Debian's and Ubuntu's default): in "always" mode
+the kernel does it unasked, in "never" mode nothing does. glibc has the tunable since 2.35.
+NERVE_JAX_HUGE_PAGES=0 turns the restart off.
 """
 
 import os

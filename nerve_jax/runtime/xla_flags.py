@@ -1,18 +1,14 @@
-"""XLA:CPU flags that nerve-jax sets at import, before JAX creates its backends.
+"""The XLA:CPU flags nerve-jax runs with, added to XLA_FLAGS by `runtime.configure()` on the CPU
+backend, before JAX starts its backend.
 
-Measured on the train step (benchmarks/compare_torch.py --jax-defaults; README, Performance):
 `--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE` leaves only reductions on
-YNNPACK.
-- Convolutions go back to XLA's own Eigen kernels: YNNPACK's 3x3 convolutions on NHWC
-  activations with few channels ran 2-3x slower here (128x160x32: forward 127 -> 58 ms, weight
-  gradient 348 -> 128 ms).
-- Elementwise ops go back to XLA's loop fusions: as YNNPACK fusions, BatchNorm's normalise,
-  ReLU and their gradients took ~9% more of the train step (3170 -> 2900 ms).
-- Dots (only the 1x1 upsampling convolutions' few) do not matter either way.
+YNNPACK: convolutions go back to XLA's own kernels and elementwise ops to XLA's loop fusions,
+which are faster for these NHWC activations with few channels (docs/performance.md, "Train step
+on the CPU", has the measurements).
 
-It only touches the CPU backend, so it is harmless where a GPU or TPU does the work. A flag
-already present in XLA_FLAGS is left as the user set it; NERVE_JAX_XLA_CPU_FLAGS=0 turns this off.
-An unknown flag aborts XLA, so it is only added for the jaxlib versions it was tested with.
+A flag already present in XLA_FLAGS is left as the user set it; NERVE_JAX_XLA_CPU_FLAGS=0 turns
+this off. An unknown flag aborts XLA, so it is only added for the jaxlib versions it was tested
+with.
 """
 
 import os

@@ -3,21 +3,13 @@
 Pixel (row, col) of an [H, W] mask has index `col * H + row + 1`. Runs are sorted, never
 overlap and never touch (touching runs are one run), and an empty mask encodes as ''.
 
-What bounds `encode`: memory passes over the full mask, and fixed per-call overhead. A bool or
-uint8 [420, 580] mask is read once in full (243,600 B) to see whether it is empty, and once more
-(another 243,600 B) for the per-column max that finds the columns holding set pixels; nothing
-else touches the full frame (no full-size transpose, copy or temporary; other dtypes first pay
-one `!= 0` pass). The rest works on the column strip (H x ~90 columns for a nerve, ~38 kB
-read and written once) and the bounding box (~10 kB), and writes O(runs) bytes of text. So an
-empty mask costs one 243,600 B read; a nerve-shaped mask ~0.5 MB of reads plus ~20 NumPy calls
-and formatting ~100 runs. `benchmarks/rle_speed.py` measures it against a per-pixel loop and
-the common NumPy starter encoder (which transposes and copies the full mask).
+`encode` (NumPy) reads the full mask once to see whether it is empty and once more for the
+columns that hold set pixels; everything else works on those columns and the bounding box, and
+writes O(runs) bytes of text (docs/performance.md, "Run-length encoding", times it).
 
 `encode_jax` computes the same runs inside `jax.jit`/`jax.vmap` with a static `max_runs`, so
 masks can be encoded where a model produces them and only ~2*max_runs int32 per mask copied
-back; `runs_to_string` turns one mask's runs into the Kaggle string on the host. On XLA:CPU it
-is far slower than `encode` (every elementwise pass over the frame costs more than all of
-`encode`); the benchmark reports both.
+back; `runs_to_string` turns one mask's runs into the Kaggle string on the host.
 """
 
 from functools import partial
