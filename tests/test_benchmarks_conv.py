@@ -21,7 +21,8 @@ def flax_kernel_shapes(model, height, width):
                                if getattr(path[-1], "key", None) == "kernel" and leaf.ndim == 4)
 
 
-@pytest.mark.parametrize("depth", [2, pytest.param(4, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("depth", [2, 4])
 def test_unet_convolutions_are_the_models(depth):
     size = dict(TINY, depth=depth, height=64, width=80)
     convs = conv_speed.unet_convolutions(**size)

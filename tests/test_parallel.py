@@ -39,7 +39,7 @@ def _config(test_config, optimizer):
     return config
 
 
-@pytest.fixture(scope="module", params=["sgd", "adamw"])
+@pytest.fixture(scope="module", params=[pytest.param("sgd", marks=pytest.mark.slow), "adamw"])
 def optimizer_and_reference(request, test_config):
     config = _config(test_config, request.param)
     return request.param, _params_after(config, jax.devices()[:1], "shard_map")

@@ -328,6 +328,7 @@ def test_encode_batch_jax_rejects_non_3d():
         rle.encode_batch_jax(np.zeros((4, 4)))
 
 
+@pytest.mark.slow
 def test_jax_runs_that_exactly_fill_max_runs_are_not_an_overflow():
     mask = np.zeros((6, 4), bool)
     mask[::2, :] = True  # 3 runs per column, 12 in all: pixels 1, 3, 5, 7, ... (column-major).

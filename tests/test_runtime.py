@@ -82,7 +82,7 @@ print("a line of our own", file=sys.stderr)
 """
 
 
-@pytest.mark.parametrize("verbose", [False, True])
+@pytest.mark.parametrize("verbose", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_tensorflow_start_up_lines_are_dropped_unless_verbose(verbose):
     stderr = subprocess.run([sys.executable, "-c", TENSORFLOW_PROBE.format(verbose=verbose)],
                             env=_clean_env(), check=True, capture_output=True,
