@@ -138,3 +138,28 @@ def test_cli_train_evaluate_predict_check(tiny_kaggle_dir, tfds_dir, tmp_path, c
     assert lines[0] == "img,pixels"
     assert [int(line.split(",")[0]) for line in lines[1:]] == [1, 2, 3, 4]
     assert cli.main(["check-submission", submission, "--test-dir", test_dir]) == 0
+
+
+NOISE = ("oneDNN custom operations", "absl::InitializeLog", "WARNING:absl", "read only",
+         "read_only=True", "Generating", "Shuffling", "Downloading and preparing",
+         "tf_record_dataset_op")
+
+
+@pytest.mark.slow
+def test_the_command_prints_our_lines_only(tiny_kaggle_dir, tmp_path):
+    """A fresh `nerve-jax train` process, as a user runs it: no TensorFlow, absl, orbax or
+    TFDS lines; ours (the frames `clean` dropped among them) and the progress bars."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "TF_CPP_MIN_LOG_LEVEL")}
+    command = [sys.executable, "-m", "nerve_jax.cli", "train", "--config", "configs/test.py",
+               "--workdir", str(tmp_path / "work"), f"--config.kaggle_dir={tiny_kaggle_dir}",
+               f"--config.tfds_data_dir={tmp_path / 'tfds'}", "--config.num_train_steps=2",
+               "--config.clean=drop", "--config.duplicate_threshold=1e9"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    output = result.stdout + result.stderr
+    assert [line for line in output.splitlines() if any(n in line for n in NOISE)] == []
+    assert "config.clean='drop': dropped" in result.stderr
+    assert "best checkpoint: step 2" in result.stdout
