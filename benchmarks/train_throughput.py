@@ -10,7 +10,6 @@ threshold, RLE).
 """
 
 import argparse
-import functools
 import os
 import sys
 import time
@@ -74,9 +73,8 @@ def synthetic_batch(config, seed=0):
 def state_and_step(config, mesh):
     """A replicated fresh train state and the real sharded train step (donating the state)."""
     state = parallel.replicate(train.create_train_state(config, jax.random.key(0)), mesh)
-    step = parallel.parallelize(functools.partial(train.train_step, axis_name=parallel.AXIS),
-                                config.parallel, mesh, out_batched=(False, False),
-                                donate_state=True)
+    step = parallel.parallelize(train.per_device_train_step(config), config.parallel, mesh,
+                                out_batched=(False, False), donate_state=True)
     return state, step
 
 

@@ -38,8 +38,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.augment.gamma = (0.9, 1.1)  # (min, max) exponent of the [0, 1] image.
     config.augment.fill_mode = "reflect"  # Outside the frame: "reflect", "nearest", "constant".
 
-    # Model.
+    # Model: a registered name ("unet") or "package.module:Class", built with the other
+    # config.model fields as keyword arguments (docs/extending.md).
     config.model = ml_collections.ConfigDict()
+    config.model.name = "unet"
     config.model.depth = 4
     config.model.base_features = 32
     config.model.upsample = "pixel_shuffle"  # or "transpose" (same function class).
@@ -51,6 +53,16 @@ def get_config() -> ml_collections.ConfigDict:
     # Optimisation.
     config.batch_size = 32  # Global, over all devices and hosts.
     config.eval_batch_size = 32
+    # Loss: "soft_dice", "soft_dice+bce" or "package.module:function" (outputs, batch) -> [B].
+    # Its keyword-only parameters come from the config fields of the same name (dice_smooth,
+    # pixel_bce_weight) and from loss_args; presence_weight x presence BCE is added whenever
+    # the model has a presence head.
+    config.loss = "soft_dice+bce"
+    config.loss_args = ml_collections.ConfigDict()
+    # On-device transform of each training batch before the forward pass: "" (none) or
+    # "package.module:function" (batch, rng) -> batch, with batch_transform_args.
+    config.batch_transform = ""
+    config.batch_transform_args = ml_collections.ConfigDict()
     # Soft Dice smoothing, in pixels at model resolution: of the order of a nerve's area, so
     # that frames without a nerve keep a useful gradient against false positives.
     config.dice_smooth = 100.0
@@ -81,6 +93,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Test-time augmentation in evaluate, predict and the held-out predictions: "none", or
     # "hflip" (average with the prediction of the mirrored image, mirrored back).
     config.tta = "none"
+
+    # Metrics averaged over the validation frames next to the Kaggle Dice, as val_<name>:
+    # registered names ("iou", "presence_accuracy") or "package.module:function".
+    config.metrics = ("iou", "presence_accuracy")
 
     # Bookkeeping.
     config.log_every_steps = 50

@@ -99,6 +99,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"post-processing: {result['postprocess_source']}")
     print(f"Kaggle Dice (420x580): model {result['val_dice']:.4f}   "
           f"all-empty baseline {result['val_empty_dice']:.4f}")
+    if result["metrics"]:
+        print("  " + "   ".join(f"{name} {result[f'val_{name}']:.4f}"
+                                for name in result["metrics"]))
     if result["postprocess"] != result["config_postprocess"]:
         print(f"  with the config's post-processing instead: "
               f"{result['val_dice_config_postprocess']:.4f}")
@@ -114,7 +117,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from nerve_jax.submit import inference
 
-    result = inference.predict(args.workdir, args.out, args.test_dir, args.tta)
+    result = inference.predict(args.workdir, args.out, args.test_dir, args.tta, args.batch_size)
     models = result["models"]
     if len(models) > 1:
         print(f"ensemble of {len(models)} models (probabilities and presence averaged):")
@@ -268,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="submission CSV to write")
     p.add_argument("--test-dir", help="folder of <id>.tif (default: <kaggle_dir>/test)")
     p.add_argument("--tta", choices=("none", "hflip"), help=tta_help)
+    p.add_argument("--batch-size", type=int,
+                   help="images per step over all devices (default: the first config's "
+                        "eval_batch_size)")
     p.set_defaults(run=_cmd_predict)
 
     p = command("check-submission", help="validate a submission CSV (exit 1 if invalid)")

@@ -50,6 +50,8 @@ def _parse_value(text: str, current):
     if isinstance(current, str):
         return text
     if isinstance(current, (tuple, list)):
+        if all(isinstance(v, str) for v in current) and not text.strip().startswith(("(", "[")):
+            return type(current)(v.strip() for v in text.split(",") if v.strip())  # Names.
         value = ast.literal_eval(text if text.strip().startswith(("(", "[")) else f"({text},)")
         return type(current)(value)
     if isinstance(current, int):
@@ -94,7 +96,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
 
 @dataclasses.dataclass(frozen=True)
 class Field:
-    """What a config field may hold. `kind`: bool, int, float, str, or "size" (two ints)."""
+    """What a config field may hold. `kind`: bool, int, float, str, "size" (two ints) or
+    "names" (a list of non-empty strings)."""
 
     kind: Any
     low: float | None = None  # Inclusive bounds for numbers.
@@ -108,6 +111,11 @@ class Field:
             if (isinstance(value, (str, bytes)) or not isinstance(value, Sequence)
                     or len(value) != 2 or not all(_is_int(v) and v > 0 for v in value)):
                 return "expected two positive whole numbers (rows, cols), e.g. 96,128"
+            return None
+        if self.kind == "names":
+            if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not all(
+                    isinstance(v, str) and v for v in value):
+                return "expected a list of names, e.g. (\"iou\",)"
             return None
         if self.kind is bool and not isinstance(value, bool):
             return "expected true or false"
@@ -133,9 +141,15 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def schema() -> dict[str, Field]:
-    """Every config field by dotted name (configs/default.py explains each); `augment.*` is
-    checked by nerve_jax.data.augment.from_config."""
+# Free-form fields: their contents go to user code as keyword arguments, unchecked here.
+FREE_FIELDS = ("loss_args", "batch_transform_args")
+
+
+def schema(model_name: str = "unet") -> dict[str, Field | None]:
+    """Every config field by dotted name (configs/default.py explains each); None: checked
+    elsewhere (`augment.*` by nerve_jax.data.augment.from_config, FREE_FIELDS by the code that
+    takes them). The UNet's model fields are known only for model.name "unet"; another model
+    checks its own."""
     from nerve_jax import parallel, train
     from nerve_jax.data import augment, pipeline
     from nerve_jax.models import unet
@@ -146,15 +160,13 @@ def schema() -> dict[str, Field]:
         "num_folds": Field(int, low=2), "fold": Field(int, low=0), "split_seed": Field(int),
         "shuffle_buffer": Field(int, low=1), "clean": Field(str, choices=pipeline.CLEAN_MODES),
         "duplicate_threshold": Field(float, low=0.0),
-        "model.depth": Field(int, low=1, high=8), "model.base_features": Field(int, low=1),
-        "model.upsample": Field(str, choices=unet.UPSAMPLE_CHOICES),
-        "model.dtype": Field(str, choices=unet.DTYPE_CHOICES),
-        "model.presence_head": Field(bool),
+        "model.name": Field(str),
+        "loss": Field(str), "metrics": Field("names"), "batch_transform": Field(str),
         "batch_size": Field(int, low=1), "eval_batch_size": Field(int, low=1),
         "dice_smooth": Field(float, low=0.0, above_low=True),
         "presence_weight": Field(float, low=0.0), "pixel_bce_weight": Field(float, low=0.0),
         "optimizer": Field(str, choices=train.OPTIMIZERS),
-        "learning_rate": Field(float, low=0.0, above_low=True),
+        "learning_rate": Field(float, low=0.0),
         "lr_schedule": Field(str, choices=train.SCHEDULES), "warmup_steps": Field(int, low=0),
         "weight_decay": Field(float, low=0.0), "num_epochs": Field(float, low=0.0,
                                                                     above_low=True),
@@ -166,17 +178,26 @@ def schema() -> dict[str, Field]:
         "ellipse_fit": Field(bool), "tta": Field(str, choices=train.TTA_CHOICES),
         "log_every_steps": Field(int, low=1), "eval_every_steps": Field(int, low=1),
         "early_stopping_patience": Field(int, low=0), "checkpoints_to_keep": Field(int, low=1),
+        **dict.fromkeys(FREE_FIELDS),
+        **{f"augment.{name}": None for name in augment.FIELDS},
     }
-    fields.update({f"augment.{name}": None for name in augment.FIELDS})
+    if model_name == "unet":
+        fields.update({
+            "model.depth": Field(int, low=1, high=8), "model.base_features": Field(int, low=1),
+            "model.upsample": Field(str, choices=unet.UPSAMPLE_CHOICES),
+            "model.dtype": Field(str, choices=unet.DTYPE_CHOICES),
+            "model.presence_head": Field(bool),
+        })
     return fields
 
 
-def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
-    """{dotted name: value} of every leaf field."""
+def flatten(config: ml_collections.ConfigDict, prefix: str = "",
+            leaves: Sequence[str] = ()) -> dict[str, Any]:
+    """{dotted name: value} of every leaf field; the names in `leaves` count as leaves."""
     flat = {}
     for name, value in config.items():
-        if isinstance(value, ml_collections.ConfigDict):
-            flat.update(flatten(value, f"{prefix}{name}."))
+        if isinstance(value, ml_collections.ConfigDict) and f"{prefix}{name}" not in leaves:
+            flat.update(flatten(value, f"{prefix}{name}.", leaves))
         else:
             flat[f"{prefix}{name}"] = value
     return flat
@@ -187,35 +208,35 @@ def _did_you_mean(name: str, known: Sequence[str]) -> str:
     return f"; did you mean config.{close[0]}?" if close else ""
 
 
-def check(config: ml_collections.ConfigDict, *, devices: int | None = None,
-          processes: int | None = None, needs_data: bool = False) -> None:
-    """Checks every field of `config` at once, before any data or model work: types, ranges
-    and choices (`schema()`), fold < num_folds, image_size against model.depth, batch sizes
-    against `devices` and `processes` (default: JAX's), and with `needs_data` that
-    kaggle_dir is set. Raises ConfigError listing every problem."""
-    import jax
-
-    from nerve_jax.data import augment
-    from nerve_jax.models import unet
-
-    fields, values = schema(), flatten(config)
+def _field_problems(config: ml_collections.ConfigDict) -> list[str]:
+    model_name = config.get("model", {}).get("name", "unet")
+    fields = schema(model_name)
+    values = flatten(config, leaves=FREE_FIELDS)
+    if model_name != "unet":  # The model's own fields are its business.
+        values = {k: v for k, v in values.items()
+                  if not k.startswith("model.") or k == "model.name"}
     problems = [f"config.{name}: no such field{_did_you_mean(name, list(fields))}"
                 for name in values if name not in fields]
     problems += [f"config.{name}: missing" for name in fields if name not in values]
     for name, field in fields.items():
         if field is not None and name in values and (why := field.problem(values[name])):
             problems.append(f"config.{name}={values[name]!r}: {why}")
-    bad = {p.split("=")[0].split(":")[0].removeprefix("config.") for p in problems}
+    return problems
+
+
+def _relation_problems(config: ml_collections.ConfigDict, bad: set[str], devices: int,
+                       processes: int) -> list[str]:
+    from nerve_jax.models import unet
+
+    problems = []
     if not bad & {"fold", "num_folds"} and config.fold >= config.num_folds:
         problems.append(f"config.fold={config.fold}: must be below config.num_folds="
                         f"{config.num_folds}")
-    if not bad & {"image_size", "model.depth"}:
+    if not bad & {"image_size", "model.depth"} and "depth" in config.model:
         try:
             unet.check_input_size(config.image_size, config.model.depth)
-        except ValueError as e:
+        except (ValueError, TypeError) as e:
             problems.append(f"config.image_size: {e}")
-    devices = jax.device_count() if devices is None else devices
-    processes = jax.process_count() if processes is None else processes
     for name in ("batch_size", "eval_batch_size"):
         if name not in bad and config[name] % devices:
             problems.append(f"config.{name}={config[name]}: must be divisible by the number of "
@@ -223,11 +244,56 @@ def check(config: ml_collections.ConfigDict, *, devices: int | None = None,
         elif name not in bad and config[name] % processes:
             problems.append(f"config.{name}={config[name]}: must be divisible by the number "
                             f"of processes ({processes})")
-    if "augment" in config and not any(p.startswith("config.augment.") for p in problems):
+    return problems
+
+
+def _code_problems(config: ml_collections.ConfigDict, bad: set[str]) -> list[str]:
+    """The model, loss, metrics, batch transform and augmentation named by the config."""
+    from nerve_jax import losses, metrics, registry, train
+    from nerve_jax.data import augment
+
+    problems = []
+    lookups = [("model.name", config.model.name, train.MODELS),
+               ("loss", config.loss, losses.LOSSES)]
+    lookups += [("metrics", name, metrics.METRICS) for name in config.metrics]
+    if config.batch_transform:
+        lookups.append(("batch_transform", config.batch_transform, {}))
+    for field, name, registered in lookups:
+        if field not in bad:
+            try:
+                registry.resolve(name, registered, f"config.{field}")
+            except registry.RegistryError as e:
+                problems.append(str(e))
+    if "metrics" not in bad:
+        names = [registry.display_name(n) for n in config.metrics]
+        clash = sorted({n for n in names if n in train.BUILT_IN_SUMS or names.count(n) > 1})
+        if clash:
+            problems.append(f"config.metrics: {clash} repeated or taken by the built-in sums "
+                            f"{train.BUILT_IN_SUMS}")
+    if not any(b.startswith("augment.") for b in bad):
         try:
             augment.from_config(config.augment)
         except UserError as e:
             problems.append(str(e))
+    return problems
+
+
+def check(config: ml_collections.ConfigDict, *, devices: int | None = None,
+          processes: int | None = None, needs_data: bool = False) -> None:
+    """Checks every field of `config` at once, before any data or model work: types, ranges
+    and choices (`schema()`), unknown and missing fields, fold < num_folds, image_size against
+    model.depth, batch sizes against `devices` and `processes` (default: JAX's), that the
+    model, loss, metrics and batch transform it names can be imported, and with `needs_data`
+    that kaggle_dir is set. Raises ConfigError listing every problem."""
+    import jax
+
+    problems = _field_problems(config)
+    bad = {p.split("=")[0].split(":")[0].removeprefix("config.") for p in problems}
+    devices = jax.device_count() if devices is None else devices
+    processes = jax.process_count() if processes is None else processes
+    problems += _relation_problems(config, bad, devices, processes)
+    if not problems:  # The rest needs well-formed fields.
+        problems += _code_problems(config, bad)
     if needs_data and "kaggle_dir" not in bad and not config.kaggle_dir:
         problems.append("config.kaggle_dir is not set: pass --config.kaggle_dir=DIR, a folder "
                         "in Kaggle layout (train/ or train.zip, test/ or test.zip)")
@@ -258,6 +324,8 @@ def added_fields() -> dict[str, Any]:
                                              "fill_holes", "ellipse_fit", "presence_threshold")},
         "augment.enabled": False,
         **{f"augment.{k}": v for k, v in dataclasses.asdict(augment.Augmentation()).items()},
+        "model.name": "unet", "loss": "soft_dice+bce", "loss_args": {}, "metrics": [],
+        "batch_transform": "", "batch_transform_args": {},
     }
 
 
@@ -272,5 +340,6 @@ def migrate(saved: dict) -> ml_collections.ConfigDict:
                 node[part] = ml_collections.ConfigDict()
             node = node[part]
         if leaf not in node:
-            node[leaf] = list(value) if isinstance(value, tuple) else value
+            node[leaf] = (ml_collections.ConfigDict(value) if isinstance(value, dict)
+                          else list(value) if isinstance(value, tuple) else value)
     return config

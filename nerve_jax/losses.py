@@ -1,7 +1,28 @@
-"""Training objectives."""
+"""Training objectives: pure functions `fn(outputs, batch, **config fields) -> [B] float32`.
 
+`outputs` is the model's dict: "logits" [B, H, W, 1] float32, plus "presence" [B] float32 logits
+when the model has that head. `batch` holds "image" and "mask", [B, H, W, 1] float32 (mask in
+{0, 1}). `config.loss` picks one by registered name (LOSSES) or as "package.module:function";
+`from_config` binds its keyword-only parameters to the config fields of the same name and to
+`config.loss_args`, checks the [B] result, and adds `presence_weight` x presence BCE whenever
+the model has a presence head.
+"""
+
+from collections.abc import Callable
+
+import chex
 import jax
+import ml_collections
 import optax
+
+from nerve_jax import registry
+
+LOSSES = {
+    "soft_dice": "nerve_jax.losses:soft_dice",
+    "soft_dice+bce": "nerve_jax.losses:soft_dice_bce",
+}
+
+LossFn = Callable[[dict, dict], jax.Array]
 
 
 def soft_dice_loss(logits: jax.Array, masks: jax.Array, smooth: float = 1.0) -> jax.Array:
@@ -28,14 +49,40 @@ def pixel_bce_loss(logits: jax.Array, masks: jax.Array) -> jax.Array:
     return bce.mean(axis=(1, 2, 3))
 
 
-def total_loss(logits: jax.Array, presence_logits: jax.Array | None, masks: jax.Array, *,
-               dice_smooth: float, presence_weight: float = 0.0,
-               pixel_bce_weight: float = 0.0) -> jax.Array:
-    """Soft Dice + presence_weight x presence BCE (when the model has the head) +
-    pixel_bce_weight x pixel BCE, per example: [B] float32."""
-    loss = soft_dice_loss(logits, masks, dice_smooth)
-    if presence_logits is not None and presence_weight:
-        loss = loss + presence_weight * presence_bce_loss(presence_logits, masks)
+def soft_dice(outputs: dict, batch: dict, *, dice_smooth: float = 1.0) -> jax.Array:
+    """Soft Dice of the mask logits (`soft_dice_loss` with smooth = config.dice_smooth)."""
+    return soft_dice_loss(outputs["logits"], batch["mask"], dice_smooth)
+
+
+def soft_dice_bce(outputs: dict, batch: dict, *, dice_smooth: float = 1.0,
+                  pixel_bce_weight: float = 0.0) -> jax.Array:
+    """Soft Dice + config.pixel_bce_weight x per-pixel BCE (the default; 0 leaves soft Dice)."""
+    loss = soft_dice(outputs, batch, dice_smooth=dice_smooth)
     if pixel_bce_weight:
-        loss = loss + pixel_bce_weight * pixel_bce_loss(logits, masks)
+        loss = loss + pixel_bce_weight * pixel_bce_loss(outputs["logits"], batch["mask"])
+    return loss
+
+
+def with_presence(loss: jax.Array, outputs: dict, batch: dict,
+                  presence_weight: float) -> jax.Array:
+    """`loss` [B] + presence_weight x presence BCE when `outputs` has "presence"."""
+    if "presence" in outputs and presence_weight:
+        loss = loss + presence_weight * presence_bce_loss(outputs["presence"], batch["mask"])
+    return loss
+
+
+def from_config(config: ml_collections.ConfigDict) -> LossFn:
+    """The training loss of `config`: `(outputs, batch) -> [B] float32`."""
+    name = config.loss
+    bound = registry.bind(registry.resolve(name, LOSSES, "config.loss"), config,
+                          config.loss_args)
+    presence_weight = config.presence_weight
+
+    def loss(outputs: dict, batch: dict) -> jax.Array:
+        values = bound(outputs, batch)
+        chex.assert_shape(values, (batch["mask"].shape[0],),
+                          custom_message=f"config.loss={name!r} must return one value per "
+                                         "example, [B]")
+        return with_presence(values.astype("float32"), outputs, batch, presence_weight)
+
     return loss

@@ -1,10 +1,19 @@
-"""TrainState, train_step, eval_step and train_and_evaluate(config, workdir)."""
+"""TrainState, train_step, eval_step, predict_step and train_and_evaluate(config, workdir).
 
+The steps are pure functions: `train_step(state, batch, rng, *, loss_fn, axis_name=None)` runs
+under plain jax.jit on one device, and under shard_map or pmap (parallel.py) with the mapped
+axis named. The model, loss, metrics and batch transform come from the config by name
+(registry.py).
+"""
+
+import dataclasses
 import functools
 import json
 import os
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -14,30 +23,44 @@ from flax.training import train_state
 from jax import lax
 from tqdm import tqdm
 
-from nerve_jax import checkpoint, config_util, losses, metrics, parallel, runtime
+from nerve_jax import checkpoint, config_util, losses, metrics, parallel, registry, runtime
 from nerve_jax.atomic import atomic_open
 from nerve_jax.data import pipeline, tfds_builder
 from nerve_jax.errors import UserError
-from nerve_jax.models import unet
 from nerve_jax.submit import postprocess
 
 CONFIG_FILE = "config.json"
 
 
 class TrainState(train_state.TrainState):
-    batch_stats: Any
+    batch_stats: Any  # {} for a model without BatchNorm.
 
 
-def create_model(config: ml_collections.ConfigDict) -> unet.UNet:
-    unet.check_input_size(config.image_size, config.model.depth)
-    return unet.UNet(
-        depth=config.model.depth,
-        base_features=config.model.base_features,
-        upsample=config.model.upsample,
-        presence_head=config.model.presence_head,
-        dtype=jnp.dtype(config.model.dtype),
-        axis_name=parallel.AXIS,
-    )
+MODELS = {"unet": "nerve_jax.models.unet:UNet"}
+# Keys of a batch_transform's output that the train step uses.
+BATCH_KEYS = ("image", "mask")
+
+
+def create_model(config: ml_collections.ConfigDict, axis_name: str | None = parallel.AXIS):
+    """The Flax module of config.model.name (MODELS, or "package.module:Class"), built with the
+    other config.model fields as keyword arguments ("dtype" as a dtype) and, when it has such a
+    field, `axis_name` for synchronised BatchNorm (None under plain jax.jit on one device).
+
+    Contract: `__call__(images [B, H, W, 1] float32, train: bool)` returns {"logits": [B, H, W, 1]
+    float32} plus "presence": [B] float32 logits when it has a presence head.
+    """
+    cls = registry.resolve(config.model.name, MODELS, "config.model.name")
+    kwargs = {k: v for k, v in config.model.items() if k != "name"}
+    if "dtype" in kwargs:
+        kwargs["dtype"] = jnp.dtype(kwargs["dtype"])
+    fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    if "axis_name" in fields:
+        kwargs["axis_name"] = axis_name
+    unknown = sorted(set(kwargs) - fields)
+    if unknown:
+        raise UserError(f"config.model: {config.model.name} has no field(s) {unknown}; its "
+                        f"fields: {sorted(fields - {'parent', 'name'})}")
+    return cls(**kwargs)
 
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -68,44 +91,84 @@ def create_optimizer(config: ml_collections.ConfigDict,
     raise UserError(f"config.optimizer={config.optimizer!r}: choose one of {OPTIMIZERS}")
 
 
-def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array,
-                       total_steps: int = 1) -> TrainState:
-    """Initialises the model on a dummy [1, h, w, 1] batch and the optax optimizer."""
-    model = create_model(config)
+def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, total_steps: int = 1,
+                       axis_name: str | None = parallel.AXIS) -> TrainState:
+    """Initialises the model on a dummy [1, h, w, 1] batch and the optax optimizer.
+    `axis_name`: see create_model."""
+    model = create_model(config, axis_name)
     dummy = jnp.zeros((1, *config.image_size, 1), jnp.float32)
     variables = model.init(rng, dummy, train=False)
     tx = create_optimizer(config, total_steps)
     return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                             batch_stats=variables["batch_stats"])
+                             batch_stats=variables.get("batch_stats", {}))
 
 
-def train_step(state: TrainState, batch: dict, *, axis_name: str, dice_smooth: float = 1.0,
-               presence_weight: float = 0.0,
-               pixel_bce_weight: float = 0.0) -> tuple[TrainState, dict]:
-    """One optimisation step on this device's part of the batch.
+def apply_model(state: TrainState, params, images: jax.Array, *, train: bool,
+                rng: jax.Array | None = None) -> tuple[dict, Any]:
+    """(the model's outputs, checked; its new batch statistics) for `images` [B, H, W, 1].
+    BatchNorm statistics are updated only when training a model that has them; `rng` feeds
+    the model's "dropout" stream."""
+    variables = {"params": params}
+    if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+    rngs = None if rng is None else {"dropout": rng}
+    if train and state.batch_stats:
+        outputs, updates = state.apply_fn(variables, images, train=True, rngs=rngs,
+                                          mutable=["batch_stats"])
+        batch_stats = updates["batch_stats"]
+    else:
+        outputs, batch_stats = state.apply_fn(variables, images, train=train,
+                                              rngs=rngs), state.batch_stats
+    check_outputs(outputs, images)
+    return outputs, batch_stats
 
-    batch: image [b, h, w, 1] float32, mask [b, h, w, 1] float32. Gradients and metrics are
-    averaged over `axis_name`; BatchNorm statistics are averaged inside the model (synchronised
-    BN), so the update equals one on the whole global batch on a single device.
+
+def check_outputs(outputs: dict, images: jax.Array) -> None:
+    """The model contract, at trace time (chex; nothing runs on the device)."""
+    if not isinstance(outputs, dict) or "logits" not in outputs:
+        raise TypeError(f"the model must return a dict with 'logits', got {type(outputs)}")
+    chex.assert_shape(outputs["logits"], (*images.shape[:3], 1),
+                      custom_message="model outputs['logits'] must be [B, H, W, 1]")
+    if "presence" in outputs:
+        chex.assert_shape(outputs["presence"], (images.shape[0],),
+                          custom_message="model outputs['presence'] must be [B]")
+
+
+def train_step(state: TrainState, batch: dict, rng: jax.Array, *, loss_fn: losses.LossFn,
+               axis_name: str | None = None,
+               batch_transform: Callable | None = None) -> tuple[TrainState, dict]:
+    """One optimisation step, a pure function: (new state, metrics).
+
+    batch: image [b, h, w, 1] float32, mask [b, h, w, 1] float32. `loss_fn(outputs, batch)` ->
+    [b] (losses.from_config). `rng` feeds `batch_transform(batch, rng) -> batch` (applied
+    first, on the device) and the model's dropout. With `axis_name` None it runs under plain
+    jax.jit; with the mapped axis of shard_map or pmap, gradients and metrics are averaged over
+    it and each device draws its own randomness, so with synchronised BatchNorm the update
+    equals one on the whole global batch on a single device.
     """
-    def loss_fn(params):
-        variables = {"params": params, "batch_stats": state.batch_stats}
-        (logits, presence), updates = state.apply_fn(variables, batch["image"], train=True,
-                                                     mutable=["batch_stats"])
-        loss = losses.total_loss(logits, presence, batch["mask"], dice_smooth=dice_smooth,
-                                 presence_weight=presence_weight,
-                                 pixel_bce_weight=pixel_bce_weight).mean()
-        return loss, (logits, updates["batch_stats"])
+    if axis_name is not None:
+        rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
+    transform_rng, model_rng = jax.random.split(rng)
+    if batch_transform is not None:
+        batch = {**batch, **{k: v for k, v in batch_transform(batch, transform_rng).items()
+                              if k in BATCH_KEYS}}
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grads = lax.pmean(grads, axis_name)
+    def objective(params):
+        outputs, batch_stats = apply_model(state, params, batch["image"], train=True,
+                                           rng=model_rng)
+        return loss_fn(outputs, batch).mean(), (outputs["logits"], batch_stats)
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
+        state.params)
+    if axis_name is not None:
+        grads = lax.pmean(grads, axis_name)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     hard = logits[..., 0] > 0
     step_metrics = {
         "loss": loss,
         "dice_model_resolution": metrics.dice_per_image(hard, batch["mask"][..., 0] > 0.5).mean(),
     }
-    return state, lax.pmean(step_metrics, axis_name)
+    return state, step_metrics if axis_name is None else lax.pmean(step_metrics, axis_name)
 
 
 TTA_CHOICES = ("none", "hflip")
@@ -119,12 +182,11 @@ def predict_step(state: TrainState, batch: dict, *, tta: str = "none") -> dict:
     tta="hflip" averages the probabilities (and presence) of each image and of its mirror
     image, mirrored back; "logits" are then the logits of the averaged probabilities.
     """
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-
     def once(images):
-        logits, presence = state.apply_fn(variables, images, train=False)
-        presence = (jnp.ones(logits.shape[0], jnp.float32) if presence is None
-                    else jax.nn.sigmoid(presence.astype(jnp.float32)))
+        outputs, _ = apply_model(state, state.params, images, train=False)
+        logits = outputs["logits"]
+        presence = (jax.nn.sigmoid(outputs["presence"].astype(jnp.float32))
+                    if "presence" in outputs else jnp.ones(logits.shape[0], jnp.float32))
         return logits[..., 0].astype(jnp.float32), presence
 
     logits, presence = once(batch["image"])
@@ -139,34 +201,70 @@ def predict_step(state: TrainState, batch: dict, *, tta: str = "none") -> dict:
     return {"logits": logits, "probs": probs, "presence": presence}
 
 
-def eval_step(state: TrainState, batch: dict, *, axis_name: str, threshold: float,
-              min_area: int, presence_threshold: float = 0.5) -> dict:
-    """Sums of the Kaggle Dice (model and all-empty baseline) over the valid frames of the
-    batch, at full 420x580 resolution, summed over `axis_name`."""
+# Sums eval_step always reports; config.metrics may not reuse these names.
+BUILT_IN_SUMS = ("dice", "empty_dice", "count")
+
+
+def eval_step(state: TrainState, batch: dict, *, threshold: float, min_area: int,
+              presence_threshold: float = 0.5, metric_fns: Mapping[str, Callable] | None = None,
+              axis_name: str | None = None) -> dict:
+    """Sums over the valid frames of the batch, at full 420x580 resolution: the Kaggle Dice
+    ("dice"), the all-empty baseline ("empty_dice"), each of `metric_fns` (metrics.from_config)
+    and "count"; summed over `axis_name` when given."""
     predictions = predict_step(state, batch)
     masks = postprocess.masks_from_probabilities(predictions["probs"], threshold, min_area,
                                                  predictions["presence"], presence_threshold)
     valid = batch["valid"].astype(jnp.float32)
-    sums = {
-        "dice": jnp.sum(metrics.dice_per_image(masks, batch["mask_full"]) * valid),
-        "empty_dice": jnp.sum(metrics.empty_baseline_per_image(batch["mask_full"]) * valid),
-        "count": jnp.sum(valid),
+    per_frame = {
+        "dice": metrics.dice_per_image(masks, batch["mask_full"]),
+        "empty_dice": metrics.empty_baseline_per_image(batch["mask_full"]),
     }
-    return lax.psum(sums, axis_name)
+    scored = {**predictions, "masks": masks}
+    for name, fn in (metric_fns or {}).items():
+        values = fn(scored, batch)
+        chex.assert_shape(values, valid.shape,
+                          custom_message=f"metric {name!r} must return one value per frame")
+        per_frame[name] = values.astype(jnp.float32)
+    sums = {name: jnp.sum(values * valid) for name, values in per_frame.items()}
+    sums["count"] = jnp.sum(valid)
+    return sums if axis_name is None else lax.psum(sums, axis_name)
+
+
+def batch_transform_from_config(config: ml_collections.ConfigDict) -> Callable | None:
+    """config.batch_transform ("package.module:function", "" for none), bound like a loss (its
+    keyword-only parameters from the config fields of the same name and
+    config.batch_transform_args): `(batch, rng) -> batch`."""
+    if not config.batch_transform:
+        return None
+    fn = registry.resolve(config.batch_transform, {}, "config.batch_transform")
+    return registry.bind(fn, config, config.batch_transform_args)
+
+
+def per_device_train_step(config: ml_collections.ConfigDict,
+                          axis_name: str | None = parallel.AXIS) -> Callable:
+    """`(state, batch) -> (state, metrics)`: train_step with config's loss and batch transform;
+    its randomness is a function of (config.seed, step), so a resumed run draws what an
+    uninterrupted one draws."""
+    loss_fn, transform = losses.from_config(config), batch_transform_from_config(config)
+
+    def step(state, batch):
+        rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
+        return train_step(state, batch, rng, loss_fn=loss_fn, axis_name=axis_name,
+                          batch_transform=transform)
+
+    return step
 
 
 def compiled_steps(config: ml_collections.ConfigDict, mesh) -> tuple:
     """(train, eval) step functions run over all devices per config.parallel."""
     kind = config.parallel
-    train = parallel.parallelize(
-        functools.partial(train_step, axis_name=parallel.AXIS, dice_smooth=config.dice_smooth,
-                          presence_weight=config.presence_weight,
-                          pixel_bce_weight=config.pixel_bce_weight),
-        kind, mesh, out_batched=(False, False), donate_state=True)
+    train = parallel.parallelize(per_device_train_step(config), kind, mesh,
+                                 out_batched=(False, False), donate_state=True)
     evaluate = parallel.parallelize(
         functools.partial(eval_step, axis_name=parallel.AXIS, threshold=config.threshold,
                           min_area=config.min_mask_area,
-                          presence_threshold=config.presence_threshold),
+                          presence_threshold=config.presence_threshold,
+                          metric_fns=metrics.from_config(config)),
         kind, mesh, out_batched=False)
     return train, evaluate
 
@@ -181,15 +279,16 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str):
 
 
 def evaluate_subjects(evaluate, state, builder, config, subjects) -> dict:
-    """Kaggle Dice and all-empty baseline, mean over the frames of `subjects`."""
-    totals = {"dice": 0.0, "empty_dice": 0.0, "count": 0.0}
+    """Mean over the frames of `subjects` of every sum `evaluate` (eval_step) reports, as
+    "val_<name>" (val_dice, val_empty_dice, config.metrics'), and "val_frames"."""
+    totals = {}
     for batch in pipeline.eval_batches(builder, subjects, config.image_size,
                                        config.eval_batch_size):
         sums = jax.device_get(evaluate(state, batch))
-        totals = {k: totals[k] + float(sums[k]) for k in totals}
-    n = max(totals["count"], 1.0)
-    return {"val_dice": totals["dice"] / n, "val_empty_dice": totals["empty_dice"] / n,
-            "val_frames": int(totals["count"])}
+        totals = {k: totals.get(k, 0.0) + float(v) for k, v in sums.items()}
+    n = max(totals.get("count", 0.0), 1.0)
+    return {**{f"val_{k}": v / n for k, v in totals.items() if k != "count"},
+            "val_frames": int(totals.get("count", 0.0))}
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -59,7 +59,8 @@ def test_an_unknown_override_gets_a_suggestion(test_config):
 @pytest.mark.parametrize("field, value, message", [
     ("batch_size", "8", "config.batch_size='8': expected a whole number"),
     ("batch_size", True, "config.batch_size=True: expected a whole number"),
-    ("learning_rate", 0.0, "config.learning_rate=0.0: expected a value > 0"),
+    ("learning_rate", -0.1, "config.learning_rate=-0.1: expected a value >= 0"),
+    ("dice_smooth", 0.0, "config.dice_smooth=0.0: expected a value > 0"),
     ("threshold", 1.5, "config.threshold=1.5: expected a value >= 0 and <= 1"),
     ("optimizer", "adam", "config.optimizer='adam': choose one of ('adamw', 'sgd')"),
     ("clean", "purge", "config.clean='purge': choose one of ('keep', 'drop', 'relabel')"),

@@ -37,7 +37,7 @@ class Reference:
 
     def __init__(self, state):
         variables = {"params": state.params, "batch_stats": state.batch_stats}
-        self.apply = jax.jit(lambda x: state.apply_fn(variables, x, train=False)[0])
+        self.apply = jax.jit(lambda x: state.apply_fn(variables, x, train=False)["logits"])
 
     def probs(self, image: np.ndarray) -> np.ndarray:
         logits = self.apply(image[None, :, :, None].astype(np.float32) / 255.0)

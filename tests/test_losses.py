@@ -66,16 +66,28 @@ def test_presence_bce_targets_whether_the_frame_has_a_nerve():
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
-def test_total_loss_weights_each_term():
+def _loss_config(**fields):
+    import ml_collections
+
+    return ml_collections.ConfigDict({"loss": "soft_dice+bce", "loss_args": {},
+                                      "dice_smooth": 2.0, "presence_weight": 0.0,
+                                      "pixel_bce_weight": 0.0, **fields})
+
+
+def test_the_configured_loss_weights_each_term():
     logits, masks = _inputs(2)
     presence_logits = np.array([0.3, -1.0, 2.0], np.float32)
     dice = _soft_dice_reference(logits, masks, 2.0)
     pixel = _bce_reference(logits, masks).reshape(3, -1).mean(1)
     presence = _bce_reference(presence_logits, np.array([1.0, 0.0, 1.0]))
-    got = losses.total_loss(logits, presence_logits, masks, dice_smooth=2.0,
-                            presence_weight=0.25, pixel_bce_weight=3.0)
-    np.testing.assert_allclose(got, dice + 0.25 * presence + 3.0 * pixel, rtol=1e-5)
-    only_dice = losses.total_loss(logits, presence_logits, masks, dice_smooth=2.0)
-    np.testing.assert_allclose(only_dice, dice, rtol=1e-5)
-    no_head = losses.total_loss(logits, None, masks, dice_smooth=2.0, presence_weight=0.25)
-    np.testing.assert_allclose(no_head, dice, rtol=1e-5)
+    batch = {"mask": masks}
+    with_head = {"logits": logits, "presence": presence_logits}
+    loss = losses.from_config(_loss_config(presence_weight=0.25, pixel_bce_weight=3.0))
+    np.testing.assert_allclose(loss(with_head, batch), dice + 0.25 * presence + 3.0 * pixel,
+                               rtol=1e-5)
+    only_dice = losses.from_config(_loss_config())
+    np.testing.assert_allclose(only_dice(with_head, batch), dice, rtol=1e-5)
+    no_head = losses.from_config(_loss_config(presence_weight=0.25))
+    np.testing.assert_allclose(no_head({"logits": logits}, batch), dice, rtol=1e-5)
+    pure_dice = losses.from_config(_loss_config(loss="soft_dice", pixel_bce_weight=3.0))
+    np.testing.assert_allclose(pure_dice({"logits": logits}, batch), dice, rtol=1e-5)

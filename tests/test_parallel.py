@@ -1,6 +1,5 @@
 """The per-device train step gives the same numbers on 1 and 8 devices, via shard_map and pmap."""
 
-import functools
 
 import chex
 import jax
@@ -22,8 +21,8 @@ def _batch(config, seed=0):
 def _params_after(config, devices, kind, steps=3):
     mesh = parallel.make_mesh(devices)
     state = parallel.replicate(train.create_train_state(config, jax.random.key(0)), mesh)
-    step = parallel.parallelize(functools.partial(train.train_step, axis_name=parallel.AXIS),
-                                kind, mesh, out_batched=(False, False))
+    step = parallel.parallelize(train.per_device_train_step(config), kind, mesh,
+                                out_batched=(False, False))
     losses = []
     for i in range(steps):
         state, metrics = step(state, _batch(config, seed=i))

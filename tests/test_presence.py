@@ -17,11 +17,11 @@ from nerve_jax.submit import postprocess
 def test_head_gives_one_logit_per_image():
     x = jnp.zeros((3, 16, 24, 1))
     with_head = unet.UNet(depth=2, base_features=4, presence_head=True)
-    (logits, presence), _ = with_head.init_with_output(jax.random.key(0), x)
-    assert logits.shape == (3, 16, 24, 1) and presence.shape == (3,)
-    assert presence.dtype == jnp.float32
-    (_, none), _ = unet.UNet(depth=2, base_features=4).init_with_output(jax.random.key(0), x)
-    assert none is None
+    outputs, _ = with_head.init_with_output(jax.random.key(0), x)
+    assert outputs["logits"].shape == (3, 16, 24, 1) and outputs["presence"].shape == (3,)
+    assert outputs["presence"].dtype == jnp.float32
+    outputs, _ = unet.UNet(depth=2, base_features=4).init_with_output(jax.random.key(0), x)
+    assert "presence" not in outputs
 
 
 def test_presence_bce_uses_whether_the_mask_has_any_pixel():
@@ -32,19 +32,21 @@ def test_presence_bce_uses_whether_the_mask_has_any_pixel():
     np.testing.assert_allclose(losses.presence_bce_loss(logits, masks), expected, rtol=1e-6)
 
 
-def test_total_loss_adds_weighted_terms():
+def test_the_presence_term_joins_when_the_model_has_the_head():
     rng = np.random.default_rng(0)
     logits = jnp.asarray(rng.normal(size=(2, 4, 4, 1)), jnp.float32)
     masks = (rng.random((2, 4, 4, 1)) > 0.5).astype(np.float32)
     presence = jnp.array([0.3, -1.0])
-    dice = losses.soft_dice_loss(logits, masks, 1.0)
-    total = losses.total_loss(logits, presence, masks, dice_smooth=1.0, presence_weight=0.5,
-                              pixel_bce_weight=2.0)
-    expected = (dice + 0.5 * losses.presence_bce_loss(presence, masks)
-                + 2.0 * losses.pixel_bce_loss(logits, masks))
+    base = losses.soft_dice_bce({"logits": logits}, {"mask": masks}, dice_smooth=1.0,
+                                pixel_bce_weight=2.0)
+    total = losses.with_presence(base, {"logits": logits, "presence": presence},
+                                 {"mask": masks}, 0.5)
+    expected = (losses.soft_dice_loss(logits, masks, 1.0)
+                + 2.0 * losses.pixel_bce_loss(logits, masks)
+                + 0.5 * losses.presence_bce_loss(presence, masks))
     np.testing.assert_allclose(total, expected, rtol=1e-6)
-    no_head = losses.total_loss(logits, None, masks, dice_smooth=1.0, presence_weight=0.5)
-    np.testing.assert_allclose(no_head, dice, rtol=1e-6)
+    no_head = losses.with_presence(base, {"logits": logits}, {"mask": masks}, 0.5)
+    np.testing.assert_allclose(no_head, base, rtol=1e-6)
 
 
 def test_low_presence_empties_the_mask():
@@ -67,10 +69,8 @@ def test_train_step_learns_presence(test_config):
     batch = {"image": images, "mask": masks}
     mesh = parallel.make_mesh()
     state = parallel.replicate(state, mesh)
-    step = parallel.parallelize(
-        functools.partial(train.train_step, axis_name=parallel.AXIS, dice_smooth=1.0,
-                          presence_weight=1.0),
-        "shard_map", mesh, out_batched=(False, False), donate_state=True)
+    step = parallel.parallelize(train.per_device_train_step(config), "shard_map", mesh,
+                                out_batched=(False, False), donate_state=True)
     for _ in range(30):
         state, _ = step(state, batch)
     presence = jax.jit(train.predict_step)(jax.device_get(state), {"image": images})["presence"]

@@ -14,10 +14,9 @@ def test_logits_have_the_input_size_and_float32(upsample):
     model = unet.UNet(depth=2, base_features=4, upsample=upsample, dtype=jnp.bfloat16)
     x = jnp.zeros((3, 16, 24, 1))
     # Shapes and dtypes only: nothing is computed.
-    (logits, presence), variables = jax.eval_shape(
-        lambda: model.init_with_output(jax.random.key(0), x))
-    assert logits.shape == (3, 16, 24, 1) and logits.dtype == jnp.float32
-    assert presence is None
+    outputs, variables = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), x))
+    assert outputs["logits"].shape == (3, 16, 24, 1) and outputs["logits"].dtype == jnp.float32
+    assert set(outputs) == {"logits"}
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
 
 

@@ -202,18 +202,37 @@ def eval_batches(builder: tfds.core.DatasetBuilder, subjects: Sequence[int],
 
 def test_batches(images: Sequence[kaggle.TestImage], image_size: Sequence[int],
                  global_batch: int) -> Iterator[dict]:
-    """Test images (already checked by kaggle.scan_test) read straight from their TIFFs."""
-    size = tuple(image_size)
-    num_examples = len(images)
-    images = list(images)[jax.process_index()::jax.process_count()]
+    """Test images (already checked by kaggle.scan_test) read straight from their TIFFs; "id"
+    is the image's id."""
+    mine = list(images)[jax.process_index()::jax.process_count()]
 
-    def load(path, image_id):
+    def read(path):
         image = tf.numpy_function(lambda p: kaggle.read_tiff(os.fsdecode(p)), [path], tf.uint8)
-        image = tf.ensure_shape(image, (kaggle.HEIGHT, kaggle.WIDTH))[..., None]
-        return {"image": resize_image(image, size), "id": image_id, "valid": tf.constant(True)}
+        return tf.ensure_shape(image, (kaggle.HEIGHT, kaggle.WIDTH))
 
     ds = tf.data.Dataset.from_tensor_slices(
-        ([im.path for im in images], np.array([im.id for im in images], np.int32)))
+        ([im.path for im in mine], np.array([im.id for im in mine], np.int32)))
+    return _image_batches(ds, read, len(images), image_size, global_batch)
+
+
+def array_batches(images: np.ndarray, image_size: Sequence[int],
+                  global_batch: int) -> Iterator[dict]:
+    """Frames [N, 420, 580] uint8 given as an array, resized as test_batches resizes the TIFFs;
+    "id" is the frame's index in `images`."""
+    index = np.arange(len(images), dtype=np.int32)[jax.process_index()::jax.process_count()]
+    ds = tf.data.Dataset.from_tensor_slices((images[index], index))
+    return _image_batches(ds, lambda image: image, len(images), image_size, global_batch)
+
+
+def _image_batches(ds: tf.data.Dataset, read, num_examples: int, image_size: Sequence[int],
+                   global_batch: int) -> Iterator[dict]:
+    """(source, id) pairs -> padded batches of image [b, h, w, 1] float32, id [b], valid [b]."""
+    size = tuple(image_size)
+
+    def load(source, image_id):
+        image = read(source)[..., None]
+        return {"image": resize_image(image, size), "id": image_id, "valid": tf.constant(True)}
+
     ds = ds.map(load, tf.data.AUTOTUNE)
     padding = {"image": tf.zeros((*size, 1)), "id": np.int32(-1), "valid": tf.constant(False)}
     return _padded_batches(ds, num_examples, global_batch, padding).as_numpy_iterator()

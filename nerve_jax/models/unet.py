@@ -99,8 +99,8 @@ class PresenceHead(nn.Module):
 
 
 class UNet(nn.Module):
-    """Input [B, H, W, C] float (H, W divisible by 2**depth) -> (mask logits [B, H, W, 1]
-    float32, presence logits [B] float32 or None without `presence_head`)."""
+    """Input [B, H, W, C] float (H, W divisible by 2**depth) -> {"logits": mask logits [B, H, W,
+    1] float32, and with `presence_head` "presence": logits [B] float32}."""
 
     depth: int = 4
     base_features: int = 32
@@ -110,7 +110,8 @@ class UNet(nn.Module):
     axis_name: str | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array | None]:
+    def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+        check_input_size(x.shape[1:3], self.depth)
         block = functools.partial(ConvBlock, dtype=self.dtype, axis_name=self.axis_name)
         x = x.astype(self.dtype)
         skips = []
@@ -126,7 +127,10 @@ class UNet(nn.Module):
             x = jnp.concatenate([x, skips[level]], axis=-1)
             x = block(features)(x, train)
         logits = nn.Conv(1, (1, 1), dtype=self.dtype)(x)
-        return logits.astype(jnp.float32), presence
+        outputs = {"logits": logits.astype(jnp.float32)}
+        if presence is not None:
+            outputs["presence"] = presence
+        return outputs
 
 
 def check_input_size(image_size: tuple[int, int], depth: int) -> None:

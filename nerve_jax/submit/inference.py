@@ -72,10 +72,12 @@ def validation_subjects(config: ml_collections.ConfigDict, builder) -> list[int]
 def _validation_predictions(config, state, builder, subjects: list[int],
                             tta: str) -> Iterator[dict]:
     """Per batch, the valid validation frames of all processes: logits [n, h, w], probs
-    [n, 420, 580], presence [n], mask_full [n, 420, 580] bool, subject [n], frame [n]."""
+    [n, 420, 580], presence [n], image [n, h, w, 1], mask_full [n, 420, 580] bool, subject [n],
+    frame [n]."""
     def step(state, batch):
         out = train.predict_step(state, batch, tta=tta)
-        return {**out, **{k: batch[k] for k in ("mask_full", "subject", "frame", "valid")}}
+        return {**out, **{k: batch[k] for k in ("image", "mask_full", "subject", "frame",
+                                                 "valid")}}
 
     predict = parallel.parallelize(step, config.parallel, parallel.make_mesh(), out_batched=True)
     for batch in pipeline.eval_batches(builder, subjects, config.image_size,
@@ -144,16 +146,22 @@ def validation_pass(workdir: str, config: ml_collections.ConfigDict, state: trai
                     scored: dict[str, postprocess.Settings] | None = None) -> dict:
     """Predicts the validation subjects once: writes workdir/heldout_predictions.npz and
     returns the Kaggle Dice (420x580, empty vs empty = 1) of each of `scored`'s settings,
-    as "<name>_dice", next to the all-empty baseline, over the same frames."""
+    as "<name>_dice", next to the all-empty baseline, over the same frames; and config.metrics
+    of the masks of scored["val"], as "metric_<name>"."""
     scored = scored or {}
+    metric_fns = metrics.from_config(config) if "val" in scored else {}
     builder = train.prepare_data(config, workdir)
     subjects = validation_subjects(config, builder)
-    sums = dict.fromkeys([*scored, "empty"], 0.0)
+    sums = dict.fromkeys([*scored, "empty", *[f"metric_{m}" for m in metric_fns]], 0.0)
     parts = []
     for frames in _validation_predictions(config, state, builder, subjects, tta):
         for name, settings in scored.items():
             masks = postprocess.apply_batch(frames["probs"], frames["presence"], settings)
             sums[name] += float(np.sum(metrics.dice_per_image(masks, frames["mask_full"])))
+            if name == "val":
+                for metric, fn in metric_fns.items():
+                    values = np.asarray(fn({**frames, "masks": masks}, frames))
+                    sums[f"metric_{metric}"] += float(np.sum(values))
         sums["empty"] += float(np.sum(metrics.empty_baseline_per_image(frames["mask_full"])))
         parts.append({"logits": frames["logits"].astype(np.float16),
                       "presence": frames["presence"].astype(np.float32),
@@ -164,7 +172,8 @@ def validation_pass(workdir: str, config: ml_collections.ConfigDict, state: trai
     heldout = HeldOut(step=int(step), tta=tta, val_subjects=subjects, **joined)
     path = save_heldout(workdir, heldout) if jax.process_index() == 0 else None
     count = len(heldout.names)
-    return {**{f"{name}_dice": total / count for name, total in sums.items()},
+    return {**{(name if name.startswith("metric_") else f"{name}_dice"): total / count
+               for name, total in sums.items()},
             "frames": count, "val_subjects": subjects, "heldout": path}
 
 
@@ -197,6 +206,9 @@ def evaluate(workdir: str, tta: str | None = None) -> dict:
         "val_dice": scores["val_dice"], "val_empty_dice": scores["empty_dice"],
         "val_dice_config_postprocess": scores.get("config_dice", scores["val_dice"]),
         "val_frames": scores["frames"],
+        **{f"val_{k.removeprefix('metric_')}": v for k, v in scores.items()
+           if k.startswith("metric_")},
+        "metrics": [k.removeprefix("metric_") for k in scores if k.startswith("metric_")],
         "step": int(step), "val_subjects": scores["val_subjects"], "tta": tta,
         "postprocess": dataclasses.asdict(settings), "postprocess_source": source,
         "config_postprocess": dataclasses.asdict(config_params),
@@ -262,61 +274,135 @@ def save_overlay(config, state, subjects: list[int], path: str, settings: postpr
     return path
 
 
+class Segmenter:
+    """Masks from Python: the best checkpoints of one or more workdirs (an ensemble, whose
+    full-resolution probabilities and presence are averaged), each with its TTA, and the first
+    workdir's post-processing (its postprocess.json, else its config). `nerve-jax predict` runs
+    the same computation, so the masks equal those of its CSV.
+
+        seg = Segmenter.from_workdirs(["runs/fold0", "runs/fold1"])
+        masks = seg(frames)               # uint8 [420, 580] or [N, 420, 580] -> bool, same shape
+        probs = seg.probabilities(frames)  # float32, same shape
+    """
+
+    def __init__(self, workdirs: list[str], models: list[tuple], settings: postprocess.Settings,
+                 settings_source: str, report: dict, ttas: list[str], batch_size: int):
+        self.workdirs, self.models, self.ttas = workdirs, models, ttas
+        self.settings, self.settings_source, self.report = settings, settings_source, report
+        self.batch_size = batch_size
+        mesh = parallel.make_mesh()
+        self._predictors = [self._predictor(config, t, mesh)
+                            for (config, _, _), t in zip(models, ttas, strict=True)]
+
+    @classmethod
+    def from_workdirs(cls, workdirs: Sequence[str] | str, tta: str | None = None,
+                      batch_size: int | None = None) -> "Segmenter":
+        """`tta` overrides each workdir's config.tta; `batch_size` (global) the first config's
+        eval_batch_size."""
+        workdirs = [workdirs] if isinstance(workdirs, str) else list(workdirs)
+        runtime.start_tensorflow()
+        models = [restore_best(w) for w in workdirs]
+        settings, source, report = postprocess_settings(workdirs[0], models[0][0])
+        ttas = [resolve_tta(config, tta) for config, _, _ in models]
+        batch_size = batch_size or models[0][0].eval_batch_size
+        if batch_size < 1 or batch_size % jax.device_count():
+            raise UserError(f"batch size {batch_size} must be a positive multiple of the number "
+                            f"of devices ({jax.device_count()})")
+        return cls(workdirs, models, settings, source, report, ttas, batch_size)
+
+    @staticmethod
+    def _predictor(config, tta: str, mesh):
+        def step(state, batch):
+            out = train.predict_step(state, batch, tta=tta)
+            return {"probs": out["probs"], "presence": out["presence"], "id": batch["id"]}
+        return parallel.parallelize(step, config.parallel, mesh, out_batched=True)
+
+    def image_sizes(self) -> list[tuple[int, int]]:
+        return [tuple(config.image_size) for config, _, _ in self.models]
+
+    def predict_batches(self, streams: Sequence[Iterator[dict]]) -> Iterator[dict]:
+        """One stream of batches per model (the same frames in the same order, each at its
+        model's size, from pipeline.test_batches or array_batches) -> per batch, the valid
+        frames of every process: probs [n, 420, 580] float32 and presence [n] averaged over
+        the models, and their "id"."""
+        for batches in zip(*streams, strict=True):
+            outs = [fn(state, batch) for fn, (_, state, _), batch in
+                    zip(self._predictors, self.models, batches, strict=True)]
+            probs = _gather(sum(out["probs"] for out in outs) / len(outs))
+            presence = _gather(sum(out["presence"] for out in outs) / len(outs))
+            ids = _gather(outs[0]["id"])
+            keep = ids >= 0
+            yield {"probs": probs[keep], "presence": presence[keep], "id": ids[keep]}
+
+    def predict_arrays(self, images) -> tuple[np.ndarray, np.ndarray]:
+        """(probs [N, 420, 580] float32, presence [N] float32) of frames [N, 420, 580] uint8."""
+        images = _checked_frames(images)
+        streams = [pipeline.array_batches(images, size, self.batch_size)
+                   for size in self.image_sizes()]
+        probs = np.zeros((len(images), kaggle.HEIGHT, kaggle.WIDTH), np.float32)
+        presence = np.zeros(len(images), np.float32)
+        for out in self.predict_batches(streams):
+            probs[out["id"]], presence[out["id"]] = out["probs"], out["presence"]
+        return probs, presence
+
+    def probabilities(self, images) -> np.ndarray:
+        """Full-resolution nerve probabilities, float32, of the shape of `images`."""
+        images = np.asarray(images)
+        probs, _ = self.predict_arrays(images.reshape(-1, *images.shape[-2:]))
+        return probs.reshape(images.shape)
+
+    def __call__(self, images) -> np.ndarray:
+        """Post-processed masks, bool, of the shape of `images` (uint8 [420, 580] or [N, 420,
+        580])."""
+        images = np.asarray(images)
+        probs, presence = self.predict_arrays(images.reshape(-1, *images.shape[-2:]))
+        return postprocess.apply_batch(probs, presence, self.settings).reshape(images.shape)
+
+
+def _checked_frames(images) -> np.ndarray:
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != kaggle.IMAGE_SHAPE:
+        raise UserError(f"expected uint8 frames [420, 580] or [N, 420, 580], got {images.dtype} "
+                        f"{list(images.shape)}")
+    return images
+
+
 def predict(workdirs: Sequence[str] | str, out_path: str, test_dir: str | None = None,
-            tta: str | None = None) -> dict:
+            tta: str | None = None, batch_size: int | None = None) -> dict:
     """Predicts every test image at full resolution and writes the Kaggle submission CSV.
 
     With several workdirs (e.g. the folds of a k-fold run, each with its own config and image
     size) the full-resolution probabilities and presence are averaged over their best
     checkpoints. The post-processing is the first workdir's postprocess.json (`nerve-jax tune`
     over all the folds writes the same pooled choice into each), else its config's values.
+    `batch_size` (global) overrides the first config's eval_batch_size.
     """
-    workdirs = [workdirs] if isinstance(workdirs, str) else list(workdirs)
-    runtime.start_tensorflow()
-    models = [restore_best(w) for w in workdirs]
-    first_config = models[0][0]
-    settings, source, report = postprocess_settings(workdirs[0], first_config)
+    seg = Segmenter.from_workdirs(workdirs, tta, batch_size)
+    first_config = seg.models[0][0]
     # Tune over all the folds writes one choice into each; say so where they disagree.
-    disagreeing = sorted({w for w in workdirs[1:]
-                          if (loaded := postprocess.load(w)) and loaded[0] != settings})
+    disagreeing = sorted({w for w in seg.workdirs[1:]
+                          if (loaded := postprocess.load(w)) and loaded[0] != seg.settings})
     test_dir = test_dir or kaggle.locate(first_config.kaggle_dir, "test") or os.path.join(
         first_config.kaggle_dir, "test")
     images = kaggle.scan_test(test_dir)
-    batch_size = first_config.eval_batch_size
-    parallel.check_batch_size(batch_size, "eval_batch_size")
-    mesh = parallel.make_mesh()
-    ttas = [resolve_tta(config, tta) for config, _, _ in models]
-
-    def predictor(config, model_tta):
-        def step(state, batch):
-            out = train.predict_step(state, batch, tta=model_tta)
-            return {"probs": out["probs"], "presence": out["presence"], "id": batch["id"]}
-        return parallel.parallelize(step, config.parallel, mesh, out_batched=True)
-
-    predictors = [predictor(config, t) for (config, _, _), t in zip(models, ttas, strict=True)]
     # Every model reads the test images at its own size, in the same order and batches.
-    streams = [pipeline.test_batches(images, config.image_size, batch_size)
-               for config, _, _ in models]
+    streams = [pipeline.test_batches(images, size, seg.batch_size) for size in seg.image_sizes()]
     rles = {}
-    for batches in zip(*streams, strict=True):
-        outs = [fn(state, batch) for fn, (_, state, _), batch in
-                zip(predictors, models, batches, strict=True)]
-        probs = sum(out["probs"] for out in outs) / len(outs)
-        presence = sum(out["presence"] for out in outs) / len(outs)
-        probs, presence, ids = _gather(probs), _gather(presence), _gather(outs[0]["id"])
+    for out in seg.predict_batches(streams):
         if jax.process_index() != 0:
             continue
-        for image_id, frame_probs, frame_presence in zip(ids, probs, presence, strict=True):
-            if image_id >= 0:
-                mask = postprocess.apply(frame_probs, float(frame_presence), settings)
-                rles[int(image_id)] = rle.encode(mask)
+        for image_id, frame_probs, frame_presence in zip(out["id"], out["probs"],
+                                                         out["presence"], strict=True):
+            mask = postprocess.apply(frame_probs, float(frame_presence), seg.settings)
+            rles[int(image_id)] = rle.encode(mask)
     if jax.process_index() == 0:
         submission.write(out_path, list(rles), list(rles.values()))
-    tuned_tta = report.get("tuned_on", {}).get("tta")
+    tuned_tta = seg.report.get("tuned_on", {}).get("tta")
     return {"submission": os.path.abspath(out_path), "images": len(rles),
             "non_empty": sum(bool(r) for r in rles.values()),
             "models": [{"workdir": w, "step": int(step), "tta": t}
-                       for w, (_, _, step), t in zip(workdirs, models, ttas, strict=True)],
-            "step": int(models[0][2]), "postprocess": dataclasses.asdict(settings),
-            "postprocess_source": source, "postprocess_tuned_tta": tuned_tta,
-            "postprocess_ignored": disagreeing}
+                       for w, (_, _, step), t in zip(seg.workdirs, seg.models, seg.ttas,
+                                                     strict=True)],
+            "step": int(seg.models[0][2]), "postprocess": dataclasses.asdict(seg.settings),
+            "postprocess_source": seg.settings_source, "postprocess_tuned_tta": tuned_tta,
+            "postprocess_ignored": disagreeing, "batch_size": seg.batch_size}
