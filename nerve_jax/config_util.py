@@ -275,6 +275,8 @@ def _code_problems(config: ml_collections.ConfigDict, bad: set[str]) -> list[str
             augment.from_config(config.augment)
         except UserError as e:
             problems.append(str(e))
+    if not problems:
+        problems += train.contract_problems(config)
     return problems
 
 
@@ -332,7 +334,10 @@ def added_fields() -> dict[str, Any]:
 def migrate(saved: dict) -> ml_collections.ConfigDict:
     """A workdir's saved config (config.json) completed with `added_fields()`."""
     config = ml_collections.ConfigDict(saved)
+    unet = saved.get("model", {}).get("name", "unet") == "unet"
     for name, value in added_fields().items():
+        if name == "model.presence_head" and not unet:  # Another model's fields are its own.
+            continue
         *parents, leaf = name.split(".")
         node = config
         for part in parents:

@@ -240,6 +240,48 @@ def batch_transform_from_config(config: ml_collections.ConfigDict) -> Callable |
     return registry.bind(fn, config, config.batch_transform_args)
 
 
+def contract_problems(config: ml_collections.ConfigDict) -> list[str]:
+    """Traces the model, loss, metrics and batch transform of `config` abstractly on dummy
+    inputs of config.image_size (jax.eval_shape: nothing is computed), so that code breaking
+    its contract is reported before any data work, naming the config field."""
+    h, w = config.image_size
+    images = jax.ShapeDtypeStruct((2, h, w, 1), jnp.float32)
+    batch = {"image": images, "mask": images}
+    try:
+        model = create_model(config, axis_name=None)
+        outputs = jax.eval_shape(
+            lambda x: model.init_with_output(jax.random.key(0), x, train=False)[0], images)
+        check_outputs(outputs, images)
+    except Exception as e:  # The user's module may fail in any way: report it, named.
+        return [f"config.model.name={config.model.name!r}: {type(e).__name__}: {e}"]
+    problems = []
+    try:
+        jax.eval_shape(losses.from_config(config), outputs, batch)
+    except Exception as e:
+        problems.append(f"config.loss={config.loss!r}: {type(e).__name__}: {e}")
+    full = jax.ShapeDtypeStruct((2, 420, 580), jnp.float32)
+    predictions = {"masks": jax.ShapeDtypeStruct((2, 420, 580), jnp.bool_), "probs": full,
+                   "presence": jax.ShapeDtypeStruct((2,), jnp.float32),
+                   "logits": jax.ShapeDtypeStruct((2, h, w), jnp.float32)}
+    eval_batch = {"image": images, "mask_full": predictions["masks"]}
+    for name, fn in metrics.from_config(config).items():
+        try:
+            chex.assert_shape(jax.eval_shape(fn, predictions, eval_batch), (2,))
+        except Exception as e:
+            problems.append(f"config.metrics {name!r}: must return one value per frame, [B] "
+                            f"({type(e).__name__}: {e})")
+    transform = batch_transform_from_config(config)
+    if transform is not None:
+        try:
+            out = jax.eval_shape(transform, batch, jax.random.key(0))
+            chex.assert_trees_all_equal_shapes_and_dtypes(
+                {k: out[k] for k in BATCH_KEYS}, {k: batch[k] for k in BATCH_KEYS})
+        except Exception as e:
+            problems.append(f"config.batch_transform={config.batch_transform!r}: must return "
+                            f"image and mask as given ({type(e).__name__}: {e})")
+    return problems
+
+
 def per_device_train_step(config: ml_collections.ConfigDict,
                           axis_name: str | None = parallel.AXIS) -> Callable:
     """`(state, batch) -> (state, metrics)`: train_step with config's loss and batch transform;
