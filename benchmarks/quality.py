@@ -83,6 +83,19 @@ PIECES = (
 )
 
 
+def _override(*overrides: str):
+    return lambda s: dataclasses.replace(s, overrides=(*s.overrides, *overrides))
+
+
+# The worked extensions of examples/ (docs/extending.md), with their default arguments.
+EXTENSIONS = (
+    Piece("focal Tversky loss", _override("--config.loss=examples.focal_tversky:focal_tversky")),
+    Piece("GroupNorm residual UNet",
+          _override("--config.model.name=examples.gn_resunet:GroupNormResUNet")),
+    Piece("CutMix on the device", _override("--config.batch_transform=examples.cutmix:cutmix")),
+)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--subjects", type=int, default=20)
@@ -100,6 +113,9 @@ def parse_args(argv=None):
     p.add_argument("--evals", type=int, default=4, help="validations per training run")
     p.add_argument("--config", default=os.path.join(REPO, "configs", "quickstart.py"))
     p.add_argument("--out", default=os.path.join(REPO, "runs", "quality"))
+    p.add_argument("--extensions", action="store_true",
+                   help="instead of the greedy rows: each examples/ extension on top of the "
+                        "plain UNet with tuned post-processing")
     return p.parse_args(argv)
 
 
@@ -248,6 +264,8 @@ def main(argv=None):
     print(f"{'row':40s} {'Dice':>7s} {'change (95%)':>18s} {'kept':>5s} {'train s':>8s}   "
           f"per seed")
     print(format_row("all-empty baseline", empty), flush=True)
+    if args.extensions:
+        return extension_rows(args, data, tfds_dir, truth, results, path)
     kept = System()
     best = cached(args, data, tfds_dir, kept, truth, results, path)
     print(format_row("plain UNet (soft Dice only)", best), flush=True)
@@ -272,6 +290,25 @@ def main(argv=None):
                        "image_size": args.image_size, "rows": rows,
                        "full_system": dataclasses.asdict(kept),
                        "full_system_dice": float(np.mean(best["dice"]))})
+
+
+def extension_rows(args, data: str, tfds_dir: str, truth: dict, results: dict,
+                   path: str) -> None:
+    """Each of EXTENSIONS on top of the plain UNet with tuned post-processing, not greedy."""
+    base_system = System(tuned=True)
+    base = cached(args, data, tfds_dir, base_system, truth, results, path)
+    print(format_row("plain UNet + tuned post-processing", base), flush=True)
+    rows = [{"row": "plain + tuned", "dice": float(np.mean(base["dice"])),
+             "seed_dice": base["seed_dice"], "train_seconds": base["train_seconds"]}]
+    for piece in EXTENSIONS:
+        result = cached(args, data, tfds_dir, piece.add(base_system), truth, results, path)
+        change = paired_change(result["dice"], base["dice"])
+        print(format_row("+ " + piece.name, result, change), flush=True)
+        rows.append({"row": piece.name, "dice": float(np.mean(result["dice"])),
+                     "seed_dice": result["seed_dice"], "change": change[0], "ci95": change[1],
+                     "train_seconds": result["train_seconds"]})
+    common.print_json({"data": data_name(args), "steps": args.steps, "seeds": args.seeds,
+                       "image_size": args.image_size, "extension_rows": rows})
 
 
 if __name__ == "__main__":
