@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nerve_jax import checkpoint, train
+import nerve_jax
+from nerve_jax import checkpoint, cli, train
 from nerve_jax.data import pipeline
 from nerve_jax.errors import UserError
 from nerve_jax.submit import inference, postprocess, tune
@@ -168,6 +169,42 @@ def test_predict_writes_the_thresholded_probabilities_of_every_test_image(
         mask = got[int(os.path.basename(path)[:-4])]
         assert np.array_equal(mask[~near], want[~near]), path
         assert 0.05 < want.mean() < 0.95
+
+
+@pytest.mark.slow
+@pytest.mark.mutation
+def test_segmenter_masks_equal_the_submissions(full_size_workdir, tmp_path):
+    workdir, config, reference = full_size_workdir
+    paths = sorted(glob.glob(os.path.join(config.kaggle_dir, "test", "*.tif")))
+    images = np.stack([_read(p) for p in paths])
+    threshold = float(np.median(reference.probs(images[0])))
+    postprocess.save(workdir, postprocess.Settings(threshold=threshold, min_mask_area=50), {})
+    try:
+        out, out_16 = str(tmp_path / "a.csv"), str(tmp_path / "b.csv")
+        assert cli.main(["predict", "--workdir", workdir, "--out", out]) == 0
+        assert cli.main(["predict", "--workdir", workdir, "--out", out_16,
+                         "--batch-size", "16"]) == 0
+        seg = nerve_jax.Segmenter.from_workdirs(workdir)
+        masks, single = seg(images), seg(images[1])
+        probs = seg.probabilities(images)
+    finally:
+        os.remove(os.path.join(workdir, postprocess.POSTPROCESS_FILE))
+    written = references.submission_masks(out)
+    assert references.submission_masks(out_16).keys() == written.keys()
+    for path, mask in zip(paths, masks, strict=True):
+        image_id = int(os.path.basename(path)[:-4])
+        np.testing.assert_array_equal(mask, written[image_id])
+        np.testing.assert_array_equal(references.submission_masks(out_16)[image_id], mask)
+    assert masks.dtype == bool and masks.shape == images.shape
+    np.testing.assert_array_equal(single, masks[1])
+    assert probs.dtype == np.float32 and probs.shape == images.shape
+    np.testing.assert_allclose(probs[0], reference.probs(images[0]), atol=1e-5)
+
+
+def test_segmenter_refuses_frames_it_cannot_read():
+    with pytest.raises(UserError, match=r"expected uint8 frames \[420, 580\] or \[N, 420, 580\], "
+                                        r"got float32 \[2, 420, 580\]"):
+        inference._checked_frames(np.zeros((2, 420, 580), np.float32))
 
 
 def test_an_unknown_tta_names_the_choices(test_config):

@@ -1,5 +1,8 @@
 """The objectives against NumPy references written from their definitions (float64)."""
 
+import functools
+
+import chex
 import numpy as np
 import pytest
 
@@ -91,3 +94,27 @@ def test_the_configured_loss_weights_each_term():
     np.testing.assert_allclose(no_head({"logits": logits}, batch), dice, rtol=1e-5)
     pure_dice = losses.from_config(_loss_config(loss="soft_dice", pixel_bce_weight=3.0))
     np.testing.assert_allclose(pure_dice({"logits": logits}, batch), dice, rtol=1e-5)
+
+
+class LossesUnderJitAndWithout(chex.TestCase):
+    """The registered losses and the configured loss, traced and eager, against the references."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_soft_dice_bce(self):
+        logits, masks = _inputs(3)
+        fn = self.variant(functools.partial(losses.soft_dice_bce, dice_smooth=2.0,
+                                            pixel_bce_weight=0.5))
+        want = (_soft_dice_reference(logits, masks, 2.0)
+                + 0.5 * _bce_reference(logits, masks).reshape(3, -1).mean(1))
+        np.testing.assert_allclose(fn({"logits": logits}, {"mask": masks}), want, rtol=1e-5)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_configured_loss_with_presence(self):
+        logits, masks = _inputs(4)
+        presence_logits = np.array([0.5, 1.5, -0.5], np.float32)
+        fn = self.variant(losses.from_config(_loss_config(loss="soft_dice",
+                                                          presence_weight=2.0)))
+        got = fn({"logits": logits, "presence": presence_logits}, {"mask": masks})
+        want = (_soft_dice_reference(logits, masks, 2.0)
+                + 2.0 * _bce_reference(presence_logits, np.array([1.0, 0.0, 1.0])))
+        np.testing.assert_allclose(got, want, rtol=1e-5)

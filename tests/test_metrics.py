@@ -1,3 +1,4 @@
+import chex
 import jax.numpy as jnp
 import numpy as np
 
@@ -38,3 +39,31 @@ def test_small_masks_are_emptied():
 def test_full_resolution_upsampling_shape():
     logits = jnp.zeros((2, 32, 48, 1))
     assert postprocess.full_resolution_probabilities(logits).shape == (2, 420, 580)
+
+
+class MetricsUnderJitAndWithout(chex.TestCase):
+    """The Kaggle Dice and the registered metrics, traced and eager, against NumPy."""
+
+    def _frames(self):
+        rng = np.random.default_rng(0)
+        pred = rng.random((4, 20, 30)) > 0.6
+        truth = rng.random((4, 20, 30)) > 0.7
+        pred[1], truth[1] = False, False  # Both empty: 1.
+        pred[2] = False  # A missed nerve: 0.
+        return pred, truth
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_dice_iou_and_presence_accuracy(self):
+        pred, truth = self._frames()
+        inter = (pred & truth).sum((1, 2))
+        total, union = pred.sum((1, 2)) + truth.sum((1, 2)), (pred | truth).sum((1, 2))
+        dice = np.where(total == 0, 1.0, 2 * inter / np.maximum(total, 1))
+        iou = np.where(union == 0, 1.0, inter / np.maximum(union, 1))
+        presence = (pred.any((1, 2)) == truth.any((1, 2))).astype(float)
+        np.testing.assert_allclose(self.variant(metrics.dice_per_image)(pred, truth), dice,
+                                   rtol=1e-6)
+        predictions, batch = {"masks": pred}, {"mask_full": truth}
+        np.testing.assert_allclose(self.variant(metrics.iou)(predictions, batch), iou, rtol=1e-6)
+        np.testing.assert_array_equal(
+            self.variant(metrics.presence_accuracy)(predictions, batch), presence)
+        assert dice[1] == 1.0 and dice[2] == 0.0 and presence[2] == 0.0
