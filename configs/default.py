@@ -104,5 +104,14 @@ def get_config() -> ml_collections.ConfigDict:
     # Stop after this many evaluations without a better validation Dice (0: never); the best
     # checkpoint is the one evaluate and predict use.
     config.early_stopping_patience = 0
+    # Checkpoints besides those at evaluations (the latest checkpoints_to_keep are kept, and the
+    # best by validation Dice apart from them): every N steps and/or every M minutes (0: off),
+    # so that a preempted or killed run loses little. Saves are asynchronous.
     config.checkpoints_to_keep = 2
+    config.checkpoint_every_steps = 0
+    config.checkpoint_every_minutes = 10.0
+    # A non-finite loss or gradient stops training (its update is never applied, nothing is
+    # saved); N > 0 skips up to N such steps in a row instead. Off by default: on this task a
+    # NaN means a bug, bad data or too high a learning rate, and skipping would hide it.
+    config.skip_nonfinite_steps = 0
     return config

@@ -5,7 +5,7 @@ import os
 import sys
 
 from nerve_jax import runtime
-from nerve_jax.errors import UserError
+from nerve_jax.errors import TrainingDiverged, UserError
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -77,6 +77,11 @@ def _cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     config_util.apply_overrides(config, overrides)
     config = config_util.checked(config, needs_data=True)  # Before any data work.
     result = train.train_and_evaluate(config, args.workdir)
+    if result.status == "interrupted":
+        return 0  # The loop said which step it saved.
+    if result.status == "already_early_stopped" and os.path.isfile(
+            os.path.join(args.workdir, inference.HELDOUT_FILE)):
+        return 0
     if result.val_metrics:
         metrics = result.val_metrics
         print(f"last evaluation, step {result.eval_step}: validation Dice "
@@ -297,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 3 if isinstance(e, TrainingDiverged) else 2
     except KeyboardInterrupt:
         return 130
 

@@ -178,6 +178,9 @@ def schema(model_name: str = "unet") -> dict[str, Field | None]:
         "ellipse_fit": Field(bool), "tta": Field(str, choices=train.TTA_CHOICES),
         "log_every_steps": Field(int, low=1), "eval_every_steps": Field(int, low=1),
         "early_stopping_patience": Field(int, low=0), "checkpoints_to_keep": Field(int, low=1),
+        "checkpoint_every_steps": Field(int, low=0),
+        "checkpoint_every_minutes": Field(float, low=0.0),
+        "skip_nonfinite_steps": Field(int, low=0),
         **dict.fromkeys(FREE_FIELDS),
         **{f"augment.{name}": None for name in augment.FIELDS},
     }
@@ -328,6 +331,7 @@ def added_fields() -> dict[str, Any]:
         **{f"augment.{k}": v for k, v in dataclasses.asdict(augment.Augmentation()).items()},
         "model.name": "unet", "loss": "soft_dice+bce", "loss_args": {}, "metrics": [],
         "batch_transform": "", "batch_transform_args": {},
+        "checkpoint_every_steps": 0, "checkpoint_every_minutes": 0.0, "skip_nonfinite_steps": 0,
     }
 
 

@@ -54,3 +54,8 @@ class DataError(UserError):
             lines.append(f"  {heading} ({len(group)}):")
             lines += [f"    - {p}" for p in group]
         super().__init__("\n".join(lines))
+
+
+class TrainingDiverged(UserError):
+    """A non-finite loss or gradient: training stopped, the latest checkpoint untouched. The
+    command exits 3."""

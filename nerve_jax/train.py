@@ -10,6 +10,8 @@ import dataclasses
 import functools
 import json
 import os
+import tempfile
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -17,6 +19,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 import tensorflow as tf
 from flax.training import train_state
@@ -26,7 +29,8 @@ from tqdm import tqdm
 from nerve_jax import checkpoint, config_util, losses, metrics, parallel, registry, runtime
 from nerve_jax.atomic import atomic_open
 from nerve_jax.data import pipeline, tfds_builder
-from nerve_jax.errors import UserError
+from nerve_jax.errors import TrainingDiverged, UserError
+from nerve_jax.runtime import interrupts
 from nerve_jax.submit import postprocess
 
 CONFIG_FILE = "config.json"
@@ -162,13 +166,21 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, loss_fn: losse
         state.params)
     if axis_name is not None:
         grads = lax.pmean(grads, axis_name)
-    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    finite = jnp.isfinite(loss) & jnp.all(jnp.array(
+        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    if axis_name is not None:
+        finite = lax.pmin(finite.astype(jnp.float32), axis_name) == 1.0
+    updated = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    # A non-finite update is never applied: the state stays as it was.
+    state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
     hard = logits[..., 0] > 0
     step_metrics = {
         "loss": loss,
         "dice_model_resolution": metrics.dice_per_image(hard, batch["mask"][..., 0] > 0.5).mean(),
     }
-    return state, step_metrics if axis_name is None else lax.pmean(step_metrics, axis_name)
+    if axis_name is not None:
+        step_metrics = lax.pmean(step_metrics, axis_name)
+    return state, {**step_metrics, "finite": finite.astype(jnp.float32)}
 
 
 TTA_CHOICES = ("none", "hflip")
@@ -413,16 +425,91 @@ class TrainResult(NamedTuple):
     val_metrics: dict  # The last evaluation: val_dice, val_empty_dice, val_frames ({}: none).
     eval_step: int  # The step of that evaluation (-1: none in this run).
     best: BestSoFar  # The best checkpoint: the one evaluate, tune and predict use.
+    # "finished", "early_stopped", "already_early_stopped" (an earlier run stopped early and
+    # neither the patience nor the step budget was raised) or "interrupted" (SIGTERM/SIGINT:
+    # saved at `step`).
+    status: str = "finished"
+    step: int = 0  # The step the state is at.
+
+
+EARLY_STOP_FILE = "early_stopped.json"
+
+
+def check_workdir(workdir: str) -> None:
+    """UserError before any work unless `workdir` can be created and written."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=workdir):
+            pass
+    except OSError as e:
+        raise UserError(f"{workdir}: the workdir cannot be written ({e})") from None
+
+
+def _read_early_stop(workdir: str) -> dict | None:
+    path = os.path.join(workdir, EARLY_STOP_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def already_early_stopped(workdir: str, config, total_steps: int) -> dict | None:
+    """The record of an earlier early stop that still holds: neither config's patience (0 =
+    never stop) nor its step budget is above that run's."""
+    record = _read_early_stop(workdir)
+    if record is None:
+        return None
+    patience = config.early_stopping_patience
+    raised = patience == 0 or patience > record["patience"] or total_steps > record["total_steps"]
+    if raised:
+        os.remove(os.path.join(workdir, EARLY_STOP_FILE))
+        return None
+    return record
+
+
+class FiniteGuard:
+    """Stops training at a non-finite loss or gradient (train_step never applies such an
+    update), or skips up to `max_skips` of them in a row."""
+
+    def __init__(self, max_skips: int):
+        self.max_skips, self.in_a_row = max_skips, 0
+
+    def check(self, step: int, finite: jax.Array) -> None:
+        if float(jax.device_get(finite)) == 1.0:
+            self.in_a_row = 0
+            return
+        self.in_a_row += 1
+        if self.in_a_row > self.max_skips:
+            raise TrainingDiverged(
+                f"non-finite loss or gradient at step {step}: training stopped, and the latest "
+                "checkpoint is the last one saved before it. Lower the learning rate, check the "
+                "data, or let config.skip_nonfinite_steps skip such steps")
+        runtime.logger().warning("step %d: non-finite loss or gradient, update skipped (%d in a "
+                                 "row, config.skip_nonfinite_steps=%d)", step, self.in_a_row,
+                                 self.max_skips)
+
+
+def _stop_agreed(requested: bool) -> bool:
+    """Whether any process was asked to stop: every process takes the same decision at the same
+    step."""
+    if jax.process_count() == 1:
+        return requested
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.array([requested]))))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     """Trains on the training subjects, evaluating and checkpointing on the validation subjects.
 
-    Resumes from the latest checkpoint in `workdir`.
+    Resumes from the newest readable checkpoint in `workdir`. Checkpoints come at evaluations
+    (with their validation Dice; the best is kept apart) and every config.checkpoint_every_steps
+    or config.checkpoint_every_minutes. SIGTERM or SIGINT saves the step reached and returns
+    status "interrupted"; a non-finite loss raises TrainingDiverged.
     """
     config = config_util.checked(config, needs_data=True)  # Before any work.
+    check_workdir(workdir)
     runtime.start_tensorflow()
-    os.makedirs(workdir, exist_ok=True)
     builder = prepare_data(config, workdir)
     frames = pipeline.frames_per_subject(builder)
     train_subjects, val_subjects = pipeline.split_subjects(
@@ -436,41 +523,94 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     state = create_train_state(config, jax.random.key(config.seed), total_steps)
     state = parallel.replicate(state, mesh)
     mngr = checkpoint.manager(workdir, config.checkpoints_to_keep)
-    start_step = mngr.latest_step() or 0
-    if start_step:
-        state = checkpoint.restore(mngr, start_step, state)
+    start_step, restored = checkpoint.restore_latest(mngr, state)
+    state = restored if start_step else state
+    best = best_so_far(mngr)
+    if (record := already_early_stopped(workdir, config, total_steps)) is not None:
+        runtime.logger().info(
+            "%s stopped early at step %d (best step %d, validation Dice %.4f, patience %d); "
+            "raise --config.early_stopping_patience or the step budget to train on",
+            workdir, record["step"], best.step, best.dice, record["patience"])
+        return TrainResult(state, {}, -1, best, "already_early_stopped", start_step)
+    try:
+        return _train_loop(config, workdir, builder, train_subjects, val_subjects, total_steps,
+                           state, start_step, best, mesh, mngr)
+    finally:
+        checkpoint.wait(mngr)
+
+
+def _train_loop(config, workdir, builder, train_subjects, val_subjects, total_steps, state,
+                start_step, best, mesh, mngr) -> TrainResult:
+    is_main = jax.process_index() == 0
     train, evaluate = compiled_steps(config, mesh)
     log = MetricLog(workdir, enabled=is_main)
     batches = pipeline.train_batches(builder, train_subjects, config.image_size,
                                      config.batch_size, config.seed, start_step,
                                      config.shuffle_buffer, config.clean,
                                      config.duplicate_threshold, config.augment)
-    val_metrics, eval_step = {}, -1
-    best, patience = best_so_far(mngr), config.early_stopping_patience
+    val_metrics, eval_step, status = {}, -1, "finished"
+    guard, patience = FiniteGuard(config.skip_nonfinite_steps), config.early_stopping_patience
+    last_save, step = time.monotonic(), start_step
     progress = _progress(start_step, total_steps, is_main)
-    for step in range(start_step + 1, total_steps + 1):
-        state, step_metrics = train(state, next(batches))
-        progress.update(1)
-        if step % config.log_every_steps == 0 or step == total_steps:
-            scalars = {f"train_{k}": float(v) for k, v in jax.device_get(step_metrics).items()}
-            log.write(step, scalars)
-            progress.set_postfix(loss=f"{scalars['train_loss']:.4f}")
-        if step % config.eval_every_steps == 0 or step == total_steps:
-            val_metrics = evaluate_subjects(evaluate, state, builder, config, val_subjects)
-            eval_step = step
-            log.write(step, val_metrics)
-            checkpoint.save(mngr, step, state, val_metrics["val_dice"])
-            best = best.update(step, val_metrics["val_dice"])
-            if patience_exhausted(step, best, patience, config.eval_every_steps):
-                message = (f"early stopping at step {step}: no better validation Dice than "
-                           f"{best.dice:.4f} (step {best.step}) for {patience} evaluations")
-                if is_main:
-                    progress.write(message)
-                log.write(step, {"early_stopped": 1.0})
-                break
+    with interrupts.StopRequests() as stop:
+        for step in range(start_step + 1, total_steps + 1):
+            state, step_metrics = train(state, next(batches))
+            progress.update(1)
+            guard.check(step, step_metrics["finite"])
+            if step % config.log_every_steps == 0 or step == total_steps:
+                scalars = {f"train_{k}": float(v) for k, v in
+                           jax.device_get(step_metrics).items() if k != "finite"}
+                log.write(step, scalars)
+                progress.set_postfix(loss=f"{scalars['train_loss']:.4f}")
+            saved = False
+            if step % config.eval_every_steps == 0 or step == total_steps:
+                val_metrics = evaluate_subjects(evaluate, state, builder, config, val_subjects)
+                eval_step = step
+                log.write(step, val_metrics)
+                checkpoint.save(mngr, step, state, val_metrics["val_dice"])
+                saved, last_save = True, time.monotonic()
+                best = best.update(step, val_metrics["val_dice"])
+                if patience_exhausted(step, best, patience, config.eval_every_steps):
+                    _early_stop(workdir, step, best, patience, total_steps, log, progress)
+                    status = "early_stopped"
+                    break
+            if not saved and _checkpoint_due(config, step, last_save):
+                checkpoint.save(mngr, step, state, None)
+                saved, last_save = True, time.monotonic()
+            if _stop_agreed(stop.requested is not None):
+                if not saved:
+                    checkpoint.save(mngr, step, state, None)
+                checkpoint.wait(mngr)
+                progress.close()
+                print(f"{stop.requested or 'a stop request'}: saved step {step}; run the same "
+                      "command to resume", flush=True)
+                return TrainResult(state, val_metrics, eval_step, best, "interrupted", step)
     progress.close()
-    mngr.wait_until_finished()
-    return TrainResult(state, val_metrics, eval_step, best)
+    return TrainResult(state, val_metrics, eval_step, best, status, step)
+
+
+def _checkpoint_due(config, step: int, last_save: float) -> bool:
+    """A "latest" checkpoint by config.checkpoint_every_steps or _minutes (0: off). Every
+    process takes the same decision: steps are shared, and the clock is process 0's."""
+    by_steps = config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
+    minutes = config.checkpoint_every_minutes
+    by_time = bool(minutes) and time.monotonic() - last_save >= 60 * minutes
+    if jax.process_count() > 1 and minutes:
+        from jax.experimental import multihost_utils
+
+        by_time = bool(multihost_utils.broadcast_one_to_all(np.array(by_time)))
+    return bool(by_steps or by_time)
+
+
+def _early_stop(workdir, step, best, patience, total_steps, log, progress) -> None:
+    message = (f"early stopping at step {step}: no better validation Dice than "
+               f"{best.dice:.4f} (step {best.step}) for {patience} evaluations")
+    log.write(step, {"early_stopped": 1.0})
+    if jax.process_index() == 0:
+        progress.write(message)
+        with atomic_open(os.path.join(workdir, EARLY_STOP_FILE)) as f:
+            json.dump({"step": step, "best_step": best.step, "best_dice": best.dice,
+                       "patience": patience, "total_steps": total_steps}, f)
 
 
 def _progress(start: int, total: int, enabled: bool) -> tqdm:
