@@ -5,7 +5,8 @@
 
 On the quickstart data (written by `nerve-jax synth` if missing) and configs/quickstart.py at
 --steps, with a checkpoint every --checkpoint-every steps: starts the command, kills it after a
-random 1-20 s (start-up, training, evaluation and saves alike), and starts it again, --kills
+random 2-45 s (start-up, training, evaluation and saves alike; the TFDS
+dataset is built first), and starts it again, --kills
 times; then lets it finish, and trains the same run without interruption. Prints the kills
 survived, the resumes that failed (a run that exited by itself with an error: must be 0), the
 steps done again per kill (the steps logged before the kill that the resumed run had to redo),
@@ -84,7 +85,7 @@ def soak(args, workdir: str) -> dict:
         process = subprocess.Popen(command(args, workdir), cwd=REPO, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, text=True)
         try:
-            process.wait(timeout=rng.uniform(1.0, 20.0))
+            process.wait(timeout=rng.uniform(2.0, 45.0))
         except subprocess.TimeoutExpired:
             logged = steps_logged(workdir)
             process.send_signal(signal.SIGKILL)
@@ -109,6 +110,9 @@ def main(argv=None) -> dict:
     if not os.path.isfile(os.path.join(args.data, "train_masks.csv")):
         subprocess.run([sys.executable, "-m", "nerve_jax.cli", "synth", "--out", args.data,
                         "--subjects", "24", "--frames", "20", "--test", "60"], check=True)
+    subprocess.run([sys.executable, "-m", "nerve_jax.cli", "build", "--kaggle-dir", args.data,
+                    "--tfds-data-dir", os.path.join(args.out, "tfds")], check=True,
+                   capture_output=True)
     shutil.rmtree(os.path.join(args.out, "killed"), ignore_errors=True)
     shutil.rmtree(os.path.join(args.out, "straight"), ignore_errors=True)
     start = time.perf_counter()

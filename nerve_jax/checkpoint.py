@@ -18,9 +18,11 @@ from nerve_jax.errors import UserError
 BEST_METRIC = "val_dice"
 
 
-def manager(workdir: str, keep_latest: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
+def manager(workdir: str, keep_latest: int = 2, read_only: bool = False,
+            asynchronous: bool = True) -> ocp.CheckpointManager:
     """CheckpointManager under `workdir/checkpoints` keeping the latest `keep_latest` steps plus
-    the step with the highest validation Dice."""
+    the step with the highest validation Dice; saves write in the background unless
+    `asynchronous` is False (benchmarks/save_stall.py compares the two)."""
     policy = pp.AnyPreservationPolicy([
         pp.LatestN(keep_latest),
         pp.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=1,
@@ -32,6 +34,7 @@ def manager(workdir: str, keep_latest: int = 2, read_only: bool = False) -> ocp.
         best_mode="max",
         read_only=read_only,
         create=not read_only,
+        enable_async_checkpointing=asynchronous,
     )
     return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
                                  options=options)
