@@ -5,7 +5,7 @@
 
 On the quickstart data (written by `nerve-jax synth` if missing) and configs/quickstart.py at
 --steps, with a checkpoint every --checkpoint-every steps: starts the command, kills it after a
-random 2-45 s (start-up, training, evaluation and saves alike; the TFDS
+random 5-90 s (start-up, training, evaluation and saves alike; the TFDS
 dataset is built first), and starts it again, --kills
 times; then lets it finish, and trains the same run without interruption. Prints the kills
 survived, the resumes that failed (a run that exited by itself with an error: must be 0), the
@@ -85,7 +85,7 @@ def soak(args, workdir: str) -> dict:
         process = subprocess.Popen(command(args, workdir), cwd=REPO, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, text=True)
         try:
-            process.wait(timeout=rng.uniform(2.0, 45.0))
+            process.wait(timeout=rng.uniform(5.0, 90.0))
         except subprocess.TimeoutExpired:
             logged = steps_logged(workdir)
             process.send_signal(signal.SIGKILL)
