@@ -245,3 +245,15 @@ def test_the_train_step_never_applies_a_non_finite_update(test_config):
     chex.assert_trees_all_equal(new.params, state.params)
     with pytest.raises(TrainingDiverged, match="at step 7"):
         train.FiniteGuard(0).check(7, metrics["finite"])
+
+
+def test_the_first_signal_asks_to_stop_and_the_second_aborts():
+    from nerve_jax.runtime import interrupts
+
+    before = signal.getsignal(signal.SIGINT)
+    with interrupts.StopRequests() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
