@@ -90,8 +90,9 @@ def soak(args, workdir: str) -> dict:
             logged = steps_logged(workdir)
             process.send_signal(signal.SIGKILL)
             kills += 1
-            redone.append(max(0, logged - resumed_from))
         _, err = process.communicate()
+        if process.returncode == -signal.SIGKILL:  # The next run resumes from the checkpoint.
+            redone.append(max(0, logged - max(latest_checkpoint(workdir), resumed_from)))
         if process.returncode not in (0, -signal.SIGKILL):
             failed.append(err[-1000:])
         if process.returncode == 0:
