@@ -231,6 +231,7 @@ def test_a_failing_save_is_named_and_spares_the_earlier_checkpoints(tmp_path, mo
                                      state)[0] == 1
 
 
+@pytest.mark.slow
 def test_the_train_step_never_applies_a_non_finite_update(test_config):
     config = test_config()
     state = train.create_train_state(config, jax.random.key(0), axis_name=None)

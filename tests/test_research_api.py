@@ -68,6 +68,7 @@ def test_config_strings_resolve_to_the_users_functions(test_config):
     np.testing.assert_allclose(loss({"logits": logits}, {"mask": mask}), [1.0, 1.0])  # 2 x 0.5.
 
 
+@pytest.mark.slow
 def test_the_pure_train_step_runs_under_plain_jit_and_equals_the_sharded_one(test_config):
     config = test_config()
     config.optimizer, config.learning_rate = "sgd", 0.1  # Updates proportional to gradients.
