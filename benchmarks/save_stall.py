@@ -7,7 +7,7 @@ uses) against synchronous saves, on the real sharded train step.
 For each mode, runs --steps train steps (after one for compilation) and saves a checkpoint every
 --save-every steps into a fresh folder, as the trainer does: the step time of a step that saves
 includes the save call. Prints the median step time without a save, with a save, and their
-difference (the stall) per mode; parameters are float32 (the default config's model is 7.8M).
+difference (the stall) per mode.
 The last line is one JSON object.
 """
 
