@@ -171,6 +171,7 @@ def test_a_nan_stops_training_with_the_step_and_saves_nothing(
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_damaged_latest_checkpoint_is_skipped_with_a_warning(
         test_config, tiny_kaggle_dir, tfds_dir, tmp_path, capfd):
     workdir = str(tmp_path / "work")
