@@ -469,13 +469,29 @@ def already_early_stopped(workdir: str, config, total_steps: int) -> dict | None
 
 class FiniteGuard:
     """Stops training at a non-finite loss or gradient (train_step never applies such an
-    update), or skips up to `max_skips` of them in a row."""
+    update), or skips up to `max_skips` of them in a row. The steps' flags stay on the device
+    until the host needs them (`flush`, before a log line, an evaluation or a save), so the
+    loop does not wait for every step."""
 
     def __init__(self, max_skips: int):
-        self.max_skips, self.in_a_row = max_skips, 0
+        self.max_skips, self.in_a_row, self.pending = max_skips, 0, []
+
+    def add(self, step: int, finite: jax.Array) -> None:
+        self.pending.append((step, finite))
 
     def check(self, step: int, finite: jax.Array) -> None:
-        if float(jax.device_get(finite)) == 1.0:
+        self.add(step, finite)
+        self.flush()
+
+    def flush(self) -> None:
+        steps = [step for step, _ in self.pending]
+        flags = jax.device_get([finite for _, finite in self.pending])
+        self.pending = []
+        for step, finite in zip(steps, flags, strict=True):
+            self._judge(step, float(finite) == 1.0)
+
+    def _judge(self, step: int, finite: bool) -> None:
+        if finite:
             self.in_a_row = 0
             return
         self.in_a_row += 1
@@ -489,14 +505,15 @@ class FiniteGuard:
                                  self.max_skips)
 
 
-def _stop_agreed(requested: bool) -> bool:
-    """Whether any process was asked to stop: every process takes the same decision at the same
-    step."""
+def _agreed(*flags: bool) -> tuple[bool, ...]:
+    """Each flag true on any process: every process takes the same decisions at the same step,
+    with one collective per step when there are several."""
     if jax.process_count() == 1:
-        return requested
+        return flags
     from jax.experimental import multihost_utils
 
-    return bool(np.any(multihost_utils.process_allgather(np.array([requested]))))
+    gathered = multihost_utils.process_allgather(np.array(flags))
+    return tuple(bool(v) for v in np.asarray(gathered).reshape(-1, len(flags)).any(axis=0))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
@@ -556,14 +573,20 @@ def _train_loop(config, workdir, builder, train_subjects, val_subjects, total_st
         for step in range(start_step + 1, total_steps + 1):
             state, step_metrics = train(state, next(batches))
             progress.update(1)
-            guard.check(step, step_metrics["finite"])
-            if step % config.log_every_steps == 0 or step == total_steps:
+            guard.add(step, step_metrics["finite"])
+            logging_step = step % config.log_every_steps == 0 or step == total_steps
+            eval_step_now = step % config.eval_every_steps == 0 or step == total_steps
+            stop_now, save_due = _agreed(stop.requested is not None,
+                                         _checkpoint_due(config, step, last_save))
+            if logging_step or eval_step_now or stop_now or save_due:
+                guard.flush()  # Nothing is logged or saved after a non-finite step.
+            if logging_step:
                 scalars = {f"train_{k}": float(v) for k, v in
                            jax.device_get(step_metrics).items() if k != "finite"}
                 log.write(step, scalars)
                 progress.set_postfix(loss=f"{scalars['train_loss']:.4f}")
             saved = False
-            if step % config.eval_every_steps == 0 or step == total_steps:
+            if eval_step_now:
                 val_metrics = evaluate_subjects(evaluate, state, builder, config, val_subjects)
                 eval_step = step
                 log.write(step, val_metrics)
@@ -574,12 +597,10 @@ def _train_loop(config, workdir, builder, train_subjects, val_subjects, total_st
                     _early_stop(workdir, step, best, patience, total_steps, log, progress)
                     status = "early_stopped"
                     break
-            if not saved and _checkpoint_due(config, step, last_save):
+            if not saved and (save_due or stop_now):
                 checkpoint.save(mngr, step, state, None)
                 saved, last_save = True, time.monotonic()
-            if _stop_agreed(stop.requested is not None):
-                if not saved:
-                    checkpoint.save(mngr, step, state, None)
+            if stop_now:
                 checkpoint.wait(mngr)
                 progress.close()
                 print(f"{stop.requested or 'a stop request'}: saved step {step}; run the same "
@@ -590,15 +611,11 @@ def _train_loop(config, workdir, builder, train_subjects, val_subjects, total_st
 
 
 def _checkpoint_due(config, step: int, last_save: float) -> bool:
-    """A "latest" checkpoint by config.checkpoint_every_steps or _minutes (0: off). Every
-    process takes the same decision: steps are shared, and the clock is process 0's."""
+    """A "latest" checkpoint by config.checkpoint_every_steps or _minutes (0: off), on this
+    process's clock (the loop agrees on it across processes)."""
     by_steps = config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
     minutes = config.checkpoint_every_minutes
     by_time = bool(minutes) and time.monotonic() - last_save >= 60 * minutes
-    if jax.process_count() > 1 and minutes:
-        from jax.experimental import multihost_utils
-
-        by_time = bool(multihost_utils.broadcast_one_to_all(np.array(by_time)))
     return bool(by_steps or by_time)
 
 
