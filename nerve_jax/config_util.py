@@ -211,19 +211,20 @@ def _did_you_mean(name: str, known: Sequence[str]) -> str:
     return f"; did you mean config.{close[0]}?" if close else ""
 
 
-def _field_problems(config: ml_collections.ConfigDict) -> list[str]:
+def _field_problems(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """{dotted field name: its problem} of the fields that are unknown, missing or ill-typed."""
     model_name = config.get("model", {}).get("name", "unet")
     fields = schema(model_name)
     values = flatten(config, leaves=FREE_FIELDS)
     if model_name != "unet":  # The model's own fields are its business.
         values = {k: v for k, v in values.items()
                   if not k.startswith("model.") or k == "model.name"}
-    problems = [f"config.{name}: no such field{_did_you_mean(name, list(fields))}"
-                for name in values if name not in fields]
-    problems += [f"config.{name}: missing" for name in fields if name not in values]
+    problems = {name: f"config.{name}: no such field{_did_you_mean(name, list(fields))}"
+                for name in values if name not in fields}
+    problems.update({name: f"config.{name}: missing" for name in fields if name not in values})
     for name, field in fields.items():
         if field is not None and name in values and (why := field.problem(values[name])):
-            problems.append(f"config.{name}={values[name]!r}: {why}")
+            problems[name] = f"config.{name}={values[name]!r}: {why}"
     return problems
 
 
@@ -250,8 +251,9 @@ def _relation_problems(config: ml_collections.ConfigDict, bad: set[str], devices
     return problems
 
 
-def _code_problems(config: ml_collections.ConfigDict, bad: set[str]) -> list[str]:
-    """The model, loss, metrics, batch transform and augmentation named by the config."""
+def _code_problems(config: ml_collections.ConfigDict) -> list[str]:
+    """The model, loss, metrics, batch transform and augmentation named by a config whose
+    fields are all well-formed."""
     from nerve_jax import losses, metrics, registry, train
     from nerve_jax.data import augment
 
@@ -262,22 +264,19 @@ def _code_problems(config: ml_collections.ConfigDict, bad: set[str]) -> list[str
     if config.batch_transform:
         lookups.append(("batch_transform", config.batch_transform, {}))
     for field, name, registered in lookups:
-        if field not in bad:
-            try:
-                registry.resolve(name, registered, f"config.{field}")
-            except registry.RegistryError as e:
-                problems.append(str(e))
-    if "metrics" not in bad:
-        names = [registry.display_name(n) for n in config.metrics]
-        clash = sorted({n for n in names if n in train.BUILT_IN_SUMS or names.count(n) > 1})
-        if clash:
-            problems.append(f"config.metrics: {clash} repeated or taken by the built-in sums "
-                            f"{train.BUILT_IN_SUMS}")
-    if not any(b.startswith("augment.") for b in bad):
         try:
-            augment.from_config(config.augment)
-        except UserError as e:
+            registry.resolve(name, registered, f"config.{field}")
+        except registry.RegistryError as e:
             problems.append(str(e))
+    names = [registry.display_name(n) for n in config.metrics]
+    clash = sorted({n for n in names if n in train.BUILT_IN_SUMS or names.count(n) > 1})
+    if clash:
+        problems.append(f"config.metrics: {clash} repeated or taken by the built-in sums "
+                        f"{train.BUILT_IN_SUMS}")
+    try:
+        augment.from_config(config.augment)
+    except UserError as e:
+        problems.append(str(e))
     if not problems:
         problems += train.contract_problems(config)
     return problems
@@ -292,13 +291,13 @@ def check(config: ml_collections.ConfigDict, *, devices: int | None = None,
     that kaggle_dir is set. Raises ConfigError listing every problem."""
     import jax
 
-    problems = _field_problems(config)
-    bad = {p.split("=")[0].split(":")[0].removeprefix("config.") for p in problems}
+    by_field = _field_problems(config)
+    bad = set(by_field)
     devices = jax.device_count() if devices is None else devices
     processes = jax.process_count() if processes is None else processes
-    problems += _relation_problems(config, bad, devices, processes)
+    problems = [*by_field.values(), *_relation_problems(config, bad, devices, processes)]
     if not problems:  # The rest needs well-formed fields.
-        problems += _code_problems(config, bad)
+        problems += _code_problems(config)
     if needs_data and "kaggle_dir" not in bad and not config.kaggle_dir:
         problems.append("config.kaggle_dir is not set: pass --config.kaggle_dir=DIR, a folder "
                         "in Kaggle layout (train/ or train.zip, test/ or test.zip)")
