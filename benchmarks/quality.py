@@ -65,26 +65,21 @@ class Piece:
     add: callable  # System -> System
 
 
+def _override(*overrides: str):
+    return lambda s: dataclasses.replace(s, overrides=(*s.overrides, *overrides))
+
+
 PIECES = (
     # First: the presence head's threshold and every later model's are then tuned, not guessed.
     Piece("tuned post-processing", lambda s: dataclasses.replace(s, tuned=True)),
-    Piece("presence head (+ presence BCE)",
-          lambda s: dataclasses.replace(s, overrides=(*s.overrides,
-                                                      "--config.model.presence_head=true"))),
+    Piece("presence head (+ presence BCE)", _override("--config.model.presence_head=true")),
     # Without left-right flips: real nerves sit right of centre (configs/default.py).
     Piece("augmentation (config.augment, no flip)",
-          lambda s: dataclasses.replace(s, overrides=(*s.overrides,
-                                                      "--config.augment.enabled=true",
-                                                      "--config.augment.flip=0.0"))),
-    Piece("clean=drop (contradictory pairs)",
-          lambda s: dataclasses.replace(s, overrides=(*s.overrides, "--config.clean=drop"))),
+          _override("--config.augment.enabled=true", "--config.augment.flip=0.0")),
+    Piece("clean=drop (contradictory pairs)", _override("--config.clean=drop")),
     Piece("hflip TTA", lambda s: dataclasses.replace(s, tta="hflip")),
     Piece("2-fold ensemble", lambda s: dataclasses.replace(s, folds=2)),
 )
-
-
-def _override(*overrides: str):
-    return lambda s: dataclasses.replace(s, overrides=(*s.overrides, *overrides))
 
 
 # The worked extensions of examples/ (docs/extending.md), with their default arguments.

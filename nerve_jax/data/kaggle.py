@@ -390,17 +390,22 @@ class Download:
                                                   list[Problem]]:
         """(image, mask) of a pair, each checked as `inspect` checks it; (None, None,
         problems) when either has any."""
-        line, pixels = (self.rows or {}).get((pair.subject, pair.frame), (None, None))
+        line, pixels = mask_row(self.rows, pair)
         image, problems = read_checked(pair.image_path)
         mask, found = read_checked(pair.mask_path, True, pixels, line)
         problems += found
         return (None, None, problems) if problems else (image, mask, [])
 
 
+def mask_row(rows: dict | None, pair: TrainPair) -> tuple[int | None, str | None]:
+    """(line, RLE) of a pair's train_masks.csv row; (None, None) without one."""
+    return (rows or {}).get((pair.subject, pair.frame), (None, None))
+
+
 def _train_jobs(pairs: list[TrainPair], rows: dict | None) -> list[tuple]:
     jobs = [(p.image_path, False) for p in pairs]
     for p in pairs:
-        line, pixels = (rows or {}).get((p.subject, p.frame), (None, None))
+        line, pixels = mask_row(rows, p)
         jobs.append((p.mask_path, True, pixels, line))
     return jobs
 
