@@ -25,11 +25,12 @@ def make_mesh(devices: list | None = None) -> Mesh:
     return Mesh(np.asarray(devices or jax.devices()), (AXIS,))
 
 
-def check_batch_size(global_batch: int, what: str = "batch_size") -> None:
-    """Raises UserError unless the global batch splits evenly over the devices."""
-    if global_batch % jax.device_count():
+def check_batch_size(global_batch: int, what: str = "config.batch_size") -> None:
+    """Raises UserError unless the global batch is positive and splits evenly over the
+    devices (`what` names it in the message)."""
+    if global_batch < 1 or global_batch % jax.device_count():
         raise UserError(
-            f"config.{what}={global_batch} must be divisible by the number of devices "
+            f"{what}={global_batch} must be positive and divisible by the number of devices "
             f"({jax.device_count()})"
         )
 

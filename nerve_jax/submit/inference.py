@@ -305,9 +305,7 @@ class Segmenter:
         settings, source, report = postprocess_settings(workdirs[0], models[0][0])
         ttas = [resolve_tta(config, tta) for config, _, _ in models]
         batch_size = batch_size or models[0][0].eval_batch_size
-        if batch_size < 1 or batch_size % jax.device_count():
-            raise UserError(f"batch size {batch_size} must be a positive multiple of the number "
-                            f"of devices ({jax.device_count()})")
+        parallel.check_batch_size(batch_size, "batch size")
         return cls(workdirs, models, settings, source, report, ttas, batch_size)
 
     @staticmethod
