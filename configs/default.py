@@ -16,7 +16,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_folds = 5  # Validation = one fold of subjects.
     config.fold = 0
     config.split_seed = 0
-    config.shuffle_buffer = 16384
     # Empty-mask members of near-duplicate pairs whose twin has a nerve (label noise, see
     # nerve_jax/data/duplicates.py), in the training subjects only: "keep", "drop" or
     # "relabel" (with the closest twin's mask).

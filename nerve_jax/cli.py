@@ -3,9 +3,11 @@
 import argparse
 import os
 import sys
+import traceback
 
 from nerve_jax import runtime
 from nerve_jax.errors import TrainingDiverged, UserError
+from nerve_jax.runtime import distributed
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -45,11 +47,21 @@ def _cmd_validate_data(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _is_main_process() -> bool:
+    """Process 0 prints the results; the others run the same steps quietly."""
+    import jax
+
+    return jax.process_index() == 0
+
+
 def _cmd_build(args: argparse.Namespace) -> int:
     from nerve_jax.data import tfds_builder
 
     data_dir = tfds_builder.data_dir(args.tfds_data_dir or "")
-    builder = tfds_builder.prepare(args.kaggle_dir, data_dir)
+    builder = tfds_builder.prepare_on_process_zero(
+        lambda: tfds_builder.prepare(args.kaggle_dir, data_dir), data_dir)
+    if not _is_main_process():
+        return 0
     for name, split in builder.info.splits.items():
         print(f"{tfds_builder.NAME} {name}: {split.num_examples} examples")
     print(f"TFDS data: {builder.data_dir}")
@@ -78,15 +90,17 @@ def _cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     result = train.train_and_evaluate(config, args.workdir)
     if result.status == "interrupted":
         return 0  # The loop said which step it saved.
-    if result.status == "already_early_stopped" and os.path.isfile(
-            os.path.join(args.workdir, inference.HELDOUT_FILE)):
+    if result.status == "already_early_stopped" and distributed.process_zero_says(
+            os.path.isfile(os.path.join(args.workdir, inference.HELDOUT_FILE))):
+        return 0
+    heldout = inference.write_heldout_predictions(args.workdir)
+    if not _is_main_process():
         return 0
     if result.val_metrics:
         metrics = result.val_metrics
         print(f"last evaluation, step {result.eval_step}: validation Dice "
               f"{metrics['val_dice']:.4f} (all-empty {metrics['val_empty_dice']:.4f}, "
               f"{metrics['val_frames']} frames, the config's thresholds)")
-    heldout = inference.write_heldout_predictions(args.workdir)
     print(f"best checkpoint: step {heldout['step']}, validation Dice {result.best.dice:.4f}; "
           "evaluate, tune and predict use it")
     print(f"held-out predictions for `nerve-jax tune`: {heldout['heldout']} "
@@ -98,6 +112,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from nerve_jax.submit import inference
 
     result = inference.evaluate(args.workdir, args.tta)
+    if not _is_main_process():
+        return 0
     print(f"validation subjects {result['val_subjects']} ({result['val_frames']} frames), "
           f"best checkpoint (step {result['step']}), tta {result['tta']}")
     print(f"post-processing: {result['postprocess_source']}")
@@ -122,6 +138,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from nerve_jax.submit import inference
 
     result = inference.predict(args.workdir, args.out, args.test_dir, args.tta, args.batch_size)
+    if not _is_main_process():
+        return 0
     models = result["models"]
     if len(models) > 1:
         print(f"ensemble of {len(models)} models (probabilities and presence averaged):")
@@ -141,6 +159,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_tune(args: argparse.Namespace) -> int:
     from nerve_jax.submit import tune
 
+    launch = distributed.from_args(args)
+    if launch and launch.process_id:
+        print(f"process {launch.process_id}: tune runs on process 0 only")
+        return 0
     result = tune.tune(args.workdir, workers=args.workers, progress=not args.quiet)
     for fold in result["folds"]:
         print(f"{fold['workdir']}: {fold['frames']} held-out frames, subjects "
@@ -192,6 +214,9 @@ def _cmd_check_submission(args: argparse.Namespace) -> int:
 
 # The commands that read data through tf.data.
 TENSORFLOW_COMMANDS = ("build", "train", "evaluate", "tune", "predict")
+# The commands that run on several processes (jax.distributed) when asked. `tune` takes the
+# same flags, but is host work that process 0 does alone.
+DISTRIBUTED_COMMANDS = ("build", "train", "evaluate", "predict")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,7 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also show other libraries' log lines (TensorFlow, orbax, TFDS)")
 
     def command(name: str, **kwargs) -> argparse.ArgumentParser:
-        return subparsers.add_parser(name, parents=[common], **kwargs)
+        p = subparsers.add_parser(name, parents=[common], **kwargs)
+        if name in DISTRIBUTED_COMMANDS or name == "tune":
+            distributed.add_arguments(p, host_only=name == "tune")
+        return p
 
     p = command("synth", help="write a synthetic dataset in Kaggle layout")
     p.add_argument("--out", required=True, help="output folder (new or empty)")
@@ -291,7 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     runtime.configure(verbose=args.verbose)
+    launch = None
     try:
+        if args.command in DISTRIBUTED_COMMANDS and (launch := distributed.from_args(args)):
+            distributed.initialize(launch, on_cpu=not runtime.accelerator_expected())
         if args.command in TENSORFLOW_COMMANDS:
             runtime.start_tensorflow()
         if getattr(args, "takes_overrides", False):
@@ -301,9 +332,20 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 3 if isinstance(e, TrainingDiverged) else 2
+        code = 3 if isinstance(e, TrainingDiverged) else 2
     except KeyboardInterrupt:
-        return 130
+        code = 130
+    except Exception as e:
+        if launch is None:
+            raise
+        if reason := distributed.lost_peer(e):
+            print(f"error: {reason}", file=sys.stderr)
+        else:
+            traceback.print_exc()
+        code = 1
+    if launch is not None:
+        distributed.exit_now(code)
+    return code
 
 
 # The commands that run XLA programs on batches, where a restart with huge pages pays for itself.

@@ -158,7 +158,7 @@ def schema(model_name: str = "unet") -> dict[str, Field | None]:
     fields = {
         "kaggle_dir": Field(str), "tfds_data_dir": Field(str), "image_size": Field("size"),
         "num_folds": Field(int, low=2), "fold": Field(int, low=0), "split_seed": Field(int),
-        "shuffle_buffer": Field(int, low=1), "clean": Field(str, choices=pipeline.CLEAN_MODES),
+        "clean": Field(str, choices=pipeline.CLEAN_MODES),
         "duplicate_threshold": Field(float, low=0.0),
         "model.name": Field(str),
         "loss": Field(str), "metrics": Field("names"), "batch_transform": Field(str),
@@ -219,7 +219,8 @@ def _field_problems(config: ml_collections.ConfigDict) -> dict[str, str]:
     if model_name != "unet":  # The model's own fields are its business.
         values = {k: v for k, v in values.items()
                   if not k.startswith("model.") or k == "model.name"}
-    problems = {name: f"config.{name}: no such field{_did_you_mean(name, list(fields))}"
+    problems = {name: REMOVED_FIELDS.get(name, f"config.{name}: no such field"
+                                         f"{_did_you_mean(name, list(fields))}")
                 for name in values if name not in fields}
     problems.update({name: f"config.{name}: missing" for name in fields if name not in values})
     for name, field in fields.items():
@@ -243,8 +244,9 @@ def _relation_problems(config: ml_collections.ConfigDict, bad: set[str], devices
             problems.append(f"config.image_size: {e}")
     for name in ("batch_size", "eval_batch_size"):
         if name not in bad and config[name] % devices:
+            over = f", over {processes} processes" if processes > 1 else ""
             problems.append(f"config.{name}={config[name]}: must be divisible by the number of "
-                            f"devices ({devices})")
+                            f"devices ({devices}{over})")
         elif name not in bad and config[name] % processes:
             problems.append(f"config.{name}={config[name]}: must be divisible by the number "
                             f"of processes ({processes})")
@@ -334,9 +336,18 @@ def added_fields() -> dict[str, Any]:
     }
 
 
+# Fields that earlier versions had, with what became of them.
+REMOVED_FIELDS = {
+    "shuffle_buffer": "config.shuffle_buffer: removed; every lane of a global batch is fully "
+                      "reshuffled (pipeline.LaneSampler), so there is no buffer to size",
+}
+
+
 def migrate(saved: dict) -> ml_collections.ConfigDict:
-    """A workdir's saved config (config.json) completed with `added_fields()`."""
-    config = ml_collections.ConfigDict(saved)
+    """A workdir's saved config (config.json) completed with `added_fields()`, without the
+    REMOVED_FIELDS."""
+    config = ml_collections.ConfigDict(
+        {k: v for k, v in saved.items() if k not in REMOVED_FIELDS})
     unet = saved.get("model", {}).get("name", "unet") == "unet"
     for name, value in added_fields().items():
         if name == "model.presence_head" and not unet:  # Another model's fields are its own.

@@ -325,11 +325,16 @@ def compiled_steps(config: ml_collections.ConfigDict, mesh) -> tuple:
 
 def prepare_data(config: ml_collections.ConfigDict, workdir: str):
     """The TFDS dataset of config.kaggle_dir, built (after every check) where
-    tfds_builder.data_dir says unless it is there already."""
-    if not os.path.isdir(config.kaggle_dir):
-        raise UserError(f"{config.kaggle_dir or '(empty)'}: config.kaggle_dir folder not found")
+    tfds_builder.data_dir says unless it is there already; by process 0 only, which alone
+    needs config.kaggle_dir, when there are several."""
+    def prepare():
+        if not os.path.isdir(config.kaggle_dir):
+            raise UserError(f"{config.kaggle_dir or '(empty)'}: config.kaggle_dir folder not "
+                            "found")
+        return tfds_builder.prepare(config.kaggle_dir, data_dir)
+
     data_dir = tfds_builder.data_dir(config.tfds_data_dir, workdir)
-    return tfds_builder.prepare(config.kaggle_dir, data_dir)
+    return tfds_builder.prepare_on_process_zero(prepare, data_dir)
 
 
 def evaluate_subjects(evaluate, state, builder, config, subjects) -> dict:
@@ -462,7 +467,8 @@ def already_early_stopped(workdir: str, config, total_steps: int) -> dict | None
     patience = config.early_stopping_patience
     raised = patience == 0 or patience > record["patience"] or total_steps > record["total_steps"]
     if raised:
-        os.remove(os.path.join(workdir, EARLY_STOP_FILE))
+        if jax.process_index() == 0:  # Its writer; the other processes may share the folder.
+            os.remove(os.path.join(workdir, EARLY_STOP_FILE))
         return None
     return record
 
@@ -563,8 +569,8 @@ def _train_loop(config, workdir, builder, train_subjects, val_subjects, total_st
     log = MetricLog(workdir, enabled=is_main)
     batches = pipeline.train_batches(builder, train_subjects, config.image_size,
                                      config.batch_size, config.seed, start_step,
-                                     config.shuffle_buffer, config.clean,
-                                     config.duplicate_threshold, config.augment)
+                                     config.clean, config.duplicate_threshold,
+                                     config.augment)
     val_metrics, eval_step, status = {}, -1, "finished"
     guard, patience = FiniteGuard(config.skip_nonfinite_steps), config.early_stopping_patience
     last_save, step = time.monotonic(), start_step

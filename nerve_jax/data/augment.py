@@ -1,9 +1,10 @@
 """Random augmentation of training batches: one affine per example for image and mask together,
 then brightness / contrast / gamma on the image only.
 
-Randomness is stateless: a batch's parameters are a function of (config.seed, process index,
-step) only, so a run resumed at step k draws exactly what an uninterrupted run draws at step k,
-and every epoch draws afresh (augmentation comes after the cache).
+Randomness is stateless: the parameters of the example in slot j of the global batch of step k
+are a function of (config.seed, k, j) only, so a run resumed at step k draws exactly what an
+uninterrupted run draws at step k, on any number of processes (each augments its slots), and
+every epoch draws afresh (augmentation comes after the cache).
 
 It runs in tf.data on the host, overlapped with the train step by prefetch, so the train step
 stays a pure function of its batch (docs/performance.md, "Data preparation and input", compares
@@ -112,9 +113,9 @@ def from_config(config: Mapping | None) -> Augmentation | None:
     return settings if enabled else None
 
 
-def batch_seed(seed: int, process_index: int, step: tf.Tensor) -> tf.Tensor:
-    """The stateless RNG seed of one batch: [2] int64 from (seed, process, step)."""
-    base = tf.constant([seed, process_index], tf.int64)
+def batch_seed(seed: int, step: tf.Tensor) -> tf.Tensor:
+    """The stateless RNG seed of one global batch: [2] int64 from (seed, step)."""
+    base = tf.constant([seed, 0], tf.int64)
     return tf.random.experimental.stateless_fold_in(base, tf.cast(step, tf.int64))
 
 
@@ -170,14 +171,18 @@ def _photometric(image: tf.Tensor, draws: tf.Tensor, settings: Augmentation) -> 
     return tf.clip_by_value(image, 0.0, 1.0)
 
 
-def augment_batch(batch: dict, seed: tf.Tensor, settings: Augmentation) -> dict:
-    """Augments {"image": [B, H, W, 1] float32 in [0, 1], "mask": [B, H, W, 1] float32 {0, 1}}.
+def augment_batch(batch: dict, seed: tf.Tensor, settings: Augmentation,
+                  slots: tuple[int, int] | None = None) -> dict:
+    """Augments {"image": [b, H, W, 1] float32 in [0, 1], "mask": [b, H, W, 1] float32 {0, 1}}.
 
-    seed: [2] int64 (see `batch_seed`). Returns the same keys, shapes and value ranges; other
-    keys pass through.
+    seed: [2] int64 (see `batch_seed`). `slots` (first, global batch size): the batch holds
+    slots first..first+b-1 of a global batch, and draws what they draw there; None: the whole
+    batch. Returns the same keys, shapes and value ranges; other keys pass through.
     """
     image, mask = batch["image"], batch["mask"]
-    draws = tf.random.stateless_uniform((tf.shape(image)[0], _NUM_DRAWS), seed=seed)
+    first, rows = slots or (0, tf.shape(image)[0])
+    draws = tf.random.stateless_uniform((rows, _NUM_DRAWS), seed=seed)
+    draws = draws[first:first + tf.shape(image)[0]]
     if settings.geometric:
         transforms = affine_transforms(draws, settings, image.shape[1], image.shape[2])
         both = warp(tf.concat([image, mask], axis=-1), transforms, settings.fill_mode)
@@ -187,10 +192,11 @@ def augment_batch(batch: dict, seed: tf.Tensor, settings: Augmentation) -> dict:
     return {**batch, "image": image, "mask": mask}
 
 
-def augment_batches(ds: tf.data.Dataset, settings: Augmentation, seed: int, process_index: int,
-                    first_step: int) -> tf.data.Dataset:
-    """Augments a dataset of training batches whose first element is step `first_step`."""
+def augment_batches(ds: tf.data.Dataset, settings: Augmentation, seed: int, first_step: int,
+                    slots: tuple[int, int] | None = None) -> tf.data.Dataset:
+    """Augments a dataset of training batches whose first element is step `first_step`;
+    `slots` as in augment_batch."""
     def augment(step, batch):
-        return augment_batch(batch, batch_seed(seed, process_index, step), settings)
+        return augment_batch(batch, batch_seed(seed, step), settings, slots)
 
     return ds.enumerate(first_step).map(augment, tf.data.AUTOTUNE, deterministic=True)

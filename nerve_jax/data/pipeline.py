@@ -1,4 +1,4 @@
-"""tf.data input pipelines: subject split, resize, shuffle, batch, prefetch; host sharding.
+"""tf.data input pipelines: subject split, resize, sampling, batch, prefetch; host sharding.
 
 Every pipeline yields this process's share of a global batch as NumPy arrays:
   train: image [b, h, w, 1] float32 in [0, 1], mask [b, h, w, 1] float32 in {0, 1}
@@ -7,6 +7,7 @@ Every pipeline yields this process's share of a global batch as NumPy arrays:
   test:  image [b, h, w, 1], id [b] int32, valid [b] bool
 """
 
+import itertools
 import os
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -85,38 +86,111 @@ def check_clean_mode(clean: str) -> None:
         raise ConfigValueError(f"config.clean={clean!r}: choose one of {CLEAN_MODES}")
 
 
+class LaneSampler:
+    """Which frames make the global batch of each step, the same on any number of processes.
+
+    The frames are dealt at random (by `seed`) into `global_batch` lanes of near-equal size;
+    slot j of every global batch takes the next frame of lane j, and each lane runs through its
+    frames in an order reshuffled every time it is exhausted (its epoch). So over each lane
+    epoch every frame is seen once, a batch is a function of (seed, step) alone, and a process
+    that feeds slots [first, first + b) only ever reads the frames of those lanes.
+    """
+
+    def __init__(self, num_frames: int, global_batch: int, seed: int):
+        if num_frames < global_batch:
+            raise UserError(f"config.batch_size={global_batch} is larger than the {num_frames} "
+                            "training frames")
+        lane = np.random.default_rng([seed, _LANE_STREAM]).permutation(num_frames) % global_batch
+        self.lanes = [np.flatnonzero(lane == j) for j in range(global_batch)]
+        self.seed = seed
+        self._orders: dict[int, tuple[int, np.ndarray]] = {}
+
+    def frames(self, step: int, slots: range) -> np.ndarray:
+        """[len(slots)] indices of the frames in `slots` of the global batch of `step`."""
+        return np.array([self._frame(step, j) for j in slots], np.int64)
+
+    def _frame(self, step: int, slot: int) -> int:
+        members = self.lanes[slot]
+        epoch, position = divmod(step, len(members))
+        cached = self._orders.get(slot)
+        if cached is None or cached[0] != epoch:
+            order = np.random.default_rng([self.seed, slot, epoch]).permutation(len(members))
+            self._orders[slot] = cached = (epoch, order)
+        return int(members[cached[1][position]])
+
+
+_LANE_STREAM = 0x1A2E  # Keeps the lane deal apart from the lanes' own orders.
+
+
+def process_slots(global_batch: int) -> range:
+    """The slots of a global batch that this process feeds."""
+    batch = local_batch_size(global_batch)
+    return range(jax.process_index() * batch, (jax.process_index() + 1) * batch)
+
+
 def train_batches(builder: tfds.core.DatasetBuilder, subjects: Sequence[int],
                   image_size: Sequence[int], global_batch: int, seed: int,
-                  start_step: int = 0, shuffle_buffer: int = 16384, clean: str = "keep",
+                  start_step: int = 0, clean: str = "keep",
                   duplicate_threshold: float = duplicates.DEFAULT_THRESHOLD,
                   augment_config: Mapping | None = None) -> Iterator[dict]:
-    """Endless shuffled training batches, resumable: starting at `start_step` yields exactly
-    the batches a run from step 0 would have yielded from that step on.
+    """Endless training batches: this process's slots of the global batch of each step, drawn
+    by LaneSampler, so the global batches are the same whatever the number of processes, and
+    starting at `start_step` yields exactly what a run from step 0 yields from that step on.
 
     `clean` treats the empty-mask member of each contradictory near-duplicate pair (see
     duplicates.py, at `duplicate_threshold`): "keep" it as labelled, "drop" it, or "relabel" it
     with the mask of its closest nerve twin. `augment_config` (`config.augment`) augments each
-    batch after the cache, with parameters drawn from (seed, step); disabled or None leaves the
-    batches untouched.
+    batch after the cache, with parameters drawn from (seed, step, slot); disabled or None
+    leaves the batches untouched. Only the frames of this process's lanes are decoded, once,
+    and held in memory at model resolution.
     """
     check_clean_mode(clean)
     augmentation = augment.from_config(augment_config)
-    batch = local_batch_size(global_batch)
-    size = tuple(image_size)
+    slots = process_slots(global_batch)
+    twins = _contradictory_twins(builder, subjects, clean, duplicate_threshold)
+    names = [n for n in frame_names(builder, subjects) if not (clean == "drop" and n in twins)]
+    sampler = LaneSampler(len(names), global_batch, seed)
+    mine = np.unique(np.concatenate([sampler.lanes[j] for j in slots]))
+    wanted = np.zeros(len(names), bool)
+    wanted[mine] = True
+    frames = _load_frames(_clean(subject_frames(builder, subjects), clean, twins, builder,
+                                 subjects), wanted, tuple(image_size))
+    position = np.full(len(names), -1, np.int64)
+    position[mine] = np.arange(len(mine))
 
-    def preprocess(ex):
+    def batches():
+        for step in itertools.count(start_step):
+            rows = position[sampler.frames(step, slots)]
+            yield {"image": frames["image"][rows], "mask": frames["mask"][rows]}
+
+    spec = tf.TensorSpec((len(slots), *image_size, 1), tf.float32)
+    ds = tf.data.Dataset.from_generator(batches, output_signature={"image": spec, "mask": spec})
+    if augmentation is not None:
+        ds = augment.augment_batches(ds, augmentation, seed, start_step,
+                                     (slots.start, global_batch))
+    return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+
+
+def _load_frames(ds: tf.data.Dataset, wanted: np.ndarray, size: tuple[int, int]) -> dict:
+    """{"image", "mask": [n, h, w, 1] float32}: the n frames of `ds` where `wanted` (bool, one
+    per frame) is True, in order, resized for the model."""
+    wanted_tensor = tf.constant(wanted)
+
+    def keep(index, ex):
+        return wanted_tensor[index]
+
+    def preprocess(index, ex):
         return {"image": resize_image(ex["image"], size), "mask": resize_mask(ex["mask"], size)}
 
-    ds = subject_frames(builder, subjects)
-    if clean != "keep":
-        ds = _clean(ds, builder, subjects, clean, duplicate_threshold)
-    ds = _this_process(ds)
-    ds = ds.map(preprocess, tf.data.AUTOTUNE).cache()
-    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.skip(start_step * batch).batch(batch, drop_remainder=True)
-    if augmentation is not None:
-        ds = augment.augment_batches(ds, augmentation, seed, jax.process_index(), start_step)
-    return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+    ds = ds.enumerate().filter(keep).map(preprocess, tf.data.AUTOTUNE).batch(256)
+    parts = list(ds.as_numpy_iterator())
+    return {k: np.concatenate([p[k] for p in parts]) for k in ("image", "mask")}
+
+
+def frame_names(builder: tfds.core.DatasetBuilder, subjects: Sequence[int]) -> list[str]:
+    """"<subject>_<frame>" of the training frames of `subjects`, in subject_frames' order."""
+    ds = subject_frames(builder, subjects, decode_images=False).map(_frame_name)
+    return [name.decode() for name in ds.as_numpy_iterator()]
 
 
 def _frame_name(ex: dict) -> tf.Tensor:
@@ -124,16 +198,24 @@ def _frame_name(ex: dict) -> tf.Tensor:
                             tf.strings.as_string(ex["frame"])])
 
 
-def _clean(ds: tf.data.Dataset, builder: tfds.core.DatasetBuilder, subjects: Sequence[int],
-           clean: str, threshold: float) -> tf.data.Dataset:
-    """Drops or relabels the empty members of contradictory pairs among `subjects`' frames."""
+def _contradictory_twins(builder: tfds.core.DatasetBuilder, subjects: Sequence[int], clean: str,
+                        threshold: float) -> dict[str, duplicates.Pair]:
+    """{empty frame's name: its closest nerve twin} among `subjects`' frames; {} for "keep"."""
+    if clean == "keep":
+        return {}
     pairs = duplicates.contradictory_pairs_in_split(builder, subjects, threshold)
     twins = duplicates.closest_nerve_twins(pairs)
     runtime.logger().info(
         "config.clean=%r: %s %d of the training frames, the empty-mask members of %d "
         "contradictory pairs at distance <= %g", clean,
         "dropped" if clean == "drop" else "relabelled", len(twins), len(pairs), threshold)
-    if not twins:
+    return twins
+
+
+def _clean(ds: tf.data.Dataset, clean: str, twins: Mapping[str, duplicates.Pair],
+           builder: tfds.core.DatasetBuilder, subjects: Sequence[int]) -> tf.data.Dataset:
+    """Drops or relabels the empty members of contradictory pairs (`twins`)."""
+    if clean == "keep" or not twins:
         return ds
     empty = tf.constant(sorted(twins))
     if clean == "drop":

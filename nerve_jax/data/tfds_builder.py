@@ -31,6 +31,7 @@ from tqdm import tqdm
 from nerve_jax import runtime
 from nerve_jax.data import kaggle
 from nerve_jax.errors import DataError, UserError
+from nerve_jax.runtime import distributed
 
 NAME = "ultrasound_nerve"
 SOURCE_KEY = "nerve_jax_source"
@@ -207,6 +208,26 @@ def prepare(kaggle_dir: str, data_dir: str, progress: bool = True) -> Ultrasound
     config = tfds.download.DownloadConfig(manual_dir=os.path.abspath(kaggle_dir))
     with _without_tfds_bars(not runtime.verbose()):
         builder.download_and_prepare(download_config=config)
+    return builder
+
+
+def prepare_on_process_zero(prepare_fn: Callable[[], UltrasoundNerve],
+                            data_dir: str) -> UltrasoundNerve:
+    """`prepare_fn()` (a `prepare` into `data_dir`, after any checks of its own) on process 0
+    only; the other processes wait for it, then open what it built. So with several hosts
+    `data_dir` must be one folder that all of them see (a shared file system or a bucket); a
+    process that does not find the dataset there stops all of them, saying so."""
+    import jax
+
+    if jax.process_count() == 1:
+        return prepare_fn()
+    built = distributed.run_on_process_zero("tfds", prepare_fn)
+    builder = built or UltrasoundNerve(data_dir=data_dir)
+    distributed.all_agree(builder.is_prepared(), (
+        f"process {jax.process_index()}: no {NAME} dataset in {data_dir} after process 0 built "
+        "it. With several hosts, config.tfds_data_dir (build: --tfds-data-dir) must be a "
+        "folder they all share (NFS, gs://...), or built on every host first with "
+        "`nerve-jax build`"))
     return builder
 
 
