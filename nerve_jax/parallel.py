@@ -5,8 +5,9 @@ under `jax.jit` (default), or through `jax.pmap`. Parameters are replicated; bat
 along their leading axis.
 """
 
-import functools
-from collections.abc import Callable
+import collections
+import itertools
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -93,10 +94,36 @@ def parallelize(fn: Callable, kind: str, mesh: Mesh, out_batched: Any,
 
 
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Host-local arrays [b, ...] from this process -> global arrays [B, ...] split on 'batch'."""
+    """Host-local arrays [b, ...] from this process -> global arrays [B, ...] split on 'batch'
+    (arrays already placed so, by `prefetch_to_device`, pass through)."""
     sharding = NamedSharding(mesh, P(AXIS))
-    return jax.tree.map(
-        functools.partial(jax.make_array_from_process_local_data, sharding), local_batch)
+
+    def place(x):
+        if isinstance(x, jax.Array) and x.sharding == sharding:
+            return x
+        return jax.make_array_from_process_local_data(sharding, x)
+
+    return jax.tree.map(place, local_batch)
+
+
+def prefetch_to_device(batches: Iterator[dict], kind: str, mesh: Mesh,
+                       size: int = 2) -> Iterator[dict]:
+    """Keeps `size` batches on the devices ahead of the step (global arrays split on 'batch'),
+    so that the host-to-device copy of the next batch overlaps the running step. With pmap
+    (`kind`), the batches pass through unchanged: pmap places them itself."""
+    if kind != "shard_map":
+        yield from batches
+        return
+    queue = collections.deque()
+
+    def enqueue(count: int) -> None:
+        for batch in itertools.islice(batches, count):
+            queue.append(global_batch(batch, mesh))
+
+    enqueue(size)
+    while queue:
+        yield queue.popleft()
+        enqueue(1)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:

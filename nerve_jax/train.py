@@ -571,6 +571,7 @@ def _train_loop(config, workdir, builder, train_subjects, val_subjects, total_st
                                      config.batch_size, config.seed, start_step,
                                      config.clean, config.duplicate_threshold,
                                      config.augment)
+    batches = parallel.prefetch_to_device(batches, config.parallel, mesh)
     val_metrics, eval_step, status = {}, -1, "finished"
     guard, patience = FiniteGuard(config.skip_nonfinite_steps), config.early_stopping_patience
     last_save, step = time.monotonic(), start_step

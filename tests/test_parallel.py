@@ -84,3 +84,26 @@ def test_batch_not_divisible_by_devices_is_a_clear_error():
 
     with pytest.raises(UserError, match="divisible by the number of devices"):
         parallel.check_batch_size(12)
+
+
+def test_prefetch_keeps_two_batches_on_the_devices_ahead():
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    mesh = parallel.make_mesh()
+    pulled = []
+
+    def batches():
+        for i in range(5):
+            pulled.append(i)
+            yield {"image": np.full((8, 2, 3, 1), i, np.float32)}
+
+    stream = parallel.prefetch_to_device(batches(), "shard_map", mesh, size=2)
+    first = next(stream)
+    assert pulled == [0, 1]  # The next batch is on its way while this one trains.
+    assert first["image"].sharding == NamedSharding(mesh, P(parallel.AXIS))
+    assert parallel.global_batch(first, mesh)["image"] is first["image"]  # Not placed twice.
+    rest = list(stream)
+    assert [int(b["image"][0, 0, 0, 0]) for b in [first, *rest]] == [0, 1, 2, 3, 4]
+    passed = list(parallel.prefetch_to_device(batches(), "pmap", mesh))
+    assert isinstance(passed[0]["image"], np.ndarray)

@@ -105,3 +105,33 @@ def test_our_lines_are_shown_and_other_libraries_warnings_hidden(capfd):
     runtime.configure(verbose=True)
     assert logging.getLogger("absl").isEnabledFor(logging.INFO)
     runtime.configure()
+
+
+class _FakePlugin:
+    name = "cuda"
+
+
+@pytest.mark.parametrize("platform", ["gpu", "tpu"])
+def test_accelerator_hosts_get_no_cpu_start_up_work(platform, monkeypatch):
+    """On a GPU or TPU host (simulated: JAX_PLATFORMS, or a JAX plugin installed), neither the
+    XLA:CPU flags nor the huge-page restart, whose only purpose is the CPU backend."""
+    from nerve_jax.runtime import host_malloc
+
+    restarts = []
+    monkeypatch.setattr(host_malloc, "reexec_with_huge_pages", restarts.append)
+    by_platform = {"JAX_PLATFORMS": platform, "XLA_FLAGS": ""}
+    runtime.reexec_with_huge_pages(by_platform)
+    assert runtime.configure(environ=by_platform)["cpu_flags"] is False
+    assert by_platform["XLA_FLAGS"] == ""
+
+    monkeypatch.setattr(runtime.importlib.metadata, "entry_points",
+                        lambda group: [_FakePlugin()] if group == "jax_plugins" else [])
+    by_plugin = {"XLA_FLAGS": ""}
+    assert runtime.accelerator_expected(by_plugin)
+    runtime.reexec_with_huge_pages(by_plugin)
+    assert runtime.configure(environ=by_plugin)["cpu_flags"] is False
+    assert restarts == []
+
+    on_cpu = {"JAX_PLATFORMS": "cpu"}
+    runtime.reexec_with_huge_pages(on_cpu)
+    assert restarts == [on_cpu]  # The same call does restart on the CPU backend.

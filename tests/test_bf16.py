@@ -1,0 +1,51 @@
+"""config.model.dtype="bfloat16": the model computes in bfloat16; parameters, optimizer state,
+BatchNorm statistics and the loss stay float32; it trains as float32 does."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nerve_jax import train
+
+
+def _bf16_config(test_config):
+    config = test_config()
+    config.model.dtype = "bfloat16"
+    return config
+
+
+def _equations(jaxpr):
+    """Every equation of a jaxpr and of the jaxprs inside it (jit, remat, custom_vjp)."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else [value]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _equations(inner)
+
+
+def test_bfloat16_convolutions_and_float32_state_and_loss(test_config):
+    config = _bf16_config(test_config)
+    state = train.create_train_state(config, jax.random.key(0), axis_name=None)
+    h, w = config.image_size
+    images = jax.random.uniform(jax.random.key(1), (4, h, w, 1))
+    batch = {"image": images, "mask": (images > 0.7).astype(jnp.float32)}
+    step = train.per_device_train_step(config, axis_name=None)
+
+    convolutions = [eqn for eqn in _equations(jax.make_jaxpr(step)(state, batch).jaxpr)
+                    if eqn.primitive.name == "conv_general_dilated"]
+    assert convolutions  # Forward and backward.
+    assert {str(v.aval.dtype) for eqn in convolutions for v in eqn.invars} == {"bfloat16"}
+
+    new_state, metrics = jax.jit(step)(state, batch)
+    assert metrics["loss"].dtype == jnp.float32 and np.isfinite(metrics["loss"])
+    for name, tree in [("params", new_state.params), ("batch_stats", new_state.batch_stats),
+                       ("opt_state", new_state.opt_state)]:
+        dtypes = {str(x.dtype) for x in jax.tree.leaves(tree)
+                  if jnp.issubdtype(x.dtype, jnp.floating)}
+        assert dtypes == {"float32"}, name
+    moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), new_state.params,
+                         state.params)
+    assert max(jax.tree.leaves(moved)) > 0
