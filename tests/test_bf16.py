@@ -4,7 +4,6 @@ BatchNorm statistics and the loss stay float32; it trains as float32 does."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from nerve_jax import train
 
