@@ -4,8 +4,9 @@ default loss and for the presence head with every loss term on.
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 .venv/bin/python tests/golden/record.py
 
-Recorded once, before the model/loss/train_step refactor of the research API, so that the code
-after it is checked against the code before it.
+Recorded before the model/loss/train_step refactor of the research API, so that the code after
+it is checked against the code before it; recorded again when the training batches came to be
+drawn by pipeline.LaneSampler (another data order, the same step) and only then.
 """
 
 import os
