@@ -1,4 +1,5 @@
-"""The synthetic Kaggle look-alike: layout, file formats, determinism, label statistics."""
+"""The synthetic Kaggle look-alike: layout, file formats, determinism, label and texture
+statistics."""
 
 import csv
 import json
@@ -7,6 +8,7 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 from skimage import measure
 
 from nerve_jax.data import synthetic
@@ -14,6 +16,22 @@ from nerve_jax.data.kaggle import HEIGHT, WIDTH, read_tiff
 from nerve_jax.submit import rle
 
 SMALL = dict(num_subjects=3, frames_per_subject=6, num_test=4)
+
+# Median and 10th-90th percentile over 70 real training frames of subjects 1, 2 and 10 (27 with a
+# nerve), see docs/data.md, "Texture of the real frames".
+REAL_TEXTURE = {
+    "mean": (94.5, 85.7, 101.2),
+    "std": (58.2, 51.9, 60.2),
+    "share_above_200": (0.066, 0.050, 0.081),
+    "local_std_7x7": (17.1, 14.6, 18.6),
+    "autocorr_half_length_cols": (34.5, 29.9, 44.1),
+    "autocorr_half_length_rows": (8.0, 6.0, 9.0),
+    "mean_abs_diff_cols": (3.24, 2.86, 3.48),
+    "mean_abs_diff_rows": (9.14, 7.71, 9.93),
+    "power_spectrum_slope": (-3.47, -3.53, -3.35),
+    "nerve_contrast_in_std_units": (0.67, 0.39, 1.03),
+    "nerve_local_std_ratio": (1.27, 1.09, 1.50),
+}
 
 
 def _files(root: str) -> dict[str, bytes]:
@@ -201,3 +219,73 @@ def test_rejects_bad_arguments(tmp_path):
         synthetic.generate(tmp_path / "a", num_subjects=0)
     with pytest.raises(ValueError):
         synthetic.generate(tmp_path / "b", contradictory_rate=1.5)
+
+
+def _local_std(x: np.ndarray) -> np.ndarray:
+    """Std over the 7x7 window around each pixel."""
+    mean = ndimage.uniform_filter(x, 7)
+    return np.sqrt(np.maximum(ndimage.uniform_filter(x * x, 7) - mean * mean, 0.0))
+
+
+def _half_length(autocorr: np.ndarray) -> int:
+    """First lag at which a normalised autocorrelation drops below 0.5."""
+    below = np.flatnonzero(autocorr < 0.5)
+    return int(below[0]) if below.size else autocorr.size
+
+
+def _spectrum_slope(centered: np.ndarray) -> float:
+    """Least-squares slope of log radial power vs log k over k = 4..149 (integer radius bins)."""
+    power = np.fft.fftshift(np.abs(np.fft.fft2(centered)) ** 2)
+    rows, cols = np.indices(power.shape)
+    center_row, center_col = power.shape[0] // 2, power.shape[1] // 2
+    radius = np.hypot(rows - center_row, cols - center_col).astype(int).ravel()
+    radial = np.bincount(radius, power.ravel()) / np.maximum(np.bincount(radius), 1)
+    k = np.arange(4, 150)
+    return float(np.polyfit(np.log(k), np.log(radial[k]), 1)[0])
+
+
+def _texture_stats(image: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """REAL_TEXTURE's statistics of one frame; the nerve's only when `mask` is not empty."""
+    x = image.astype(np.float64)
+    centered = x - x.mean()
+    spectrum = np.fft.fft2(centered)
+    autocorr = np.real(np.fft.ifft2(np.abs(spectrum) ** 2))
+    autocorr /= autocorr[0, 0]
+    local_std = _local_std(x)
+    stats = {
+        "mean": x.mean(),
+        "std": x.std(),
+        "share_above_200": np.mean(x > 200),
+        "local_std_7x7": local_std.mean(),
+        "autocorr_half_length_cols": _half_length(autocorr[0, : x.shape[1] // 2]),
+        "autocorr_half_length_rows": _half_length(autocorr[: x.shape[0] // 2, 0]),
+        "mean_abs_diff_cols": np.abs(np.diff(x, axis=1)).mean(),
+        "mean_abs_diff_rows": np.abs(np.diff(x, axis=0)).mean(),
+        "power_spectrum_slope": _spectrum_slope(centered),
+    }
+    if mask.any():
+        inside, outside = x[mask], x[~mask]
+        stats["nerve_contrast_in_std_units"] = (inside.mean() - outside.mean()) / outside.std()
+        stats["nerve_local_std_ratio"] = local_std[mask].mean() / local_std[~mask].mean()
+    return stats
+
+
+def test_texture_follows_the_real_frames():
+    """Per subject one frame with the nerve and one without, 12 subjects: medians in the bands."""
+    frames = []
+    for subject in range(1, 13):
+        spec = synthetic.subject_spec(0, synthetic.TRAIN, subject, 40)
+        anatomy = synthetic.subject_anatomy(spec, synthetic.DEFAULT_NERVE_CONTRAST)
+        for labelled in (True, False):
+            fs = next((f for f in spec.frames if f.labelled == labelled), None)
+            if fs is not None:
+                image = synthetic.render_frame(anatomy, fs)
+                frames.append(_texture_stats(image, synthetic.frame_mask(spec, fs)))
+    outside = {}
+    for key, (_, low, high) in REAL_TEXTURE.items():
+        values = [f[key] for f in frames if key in f]
+        assert len(values) >= 8, key
+        median = float(np.median(values))
+        if not low <= median <= high:
+            outside[key] = round(median, 3)
+    assert not outside, f"medians outside the real p10-p90 band: {outside}"

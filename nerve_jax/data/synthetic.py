@@ -7,17 +7,23 @@ submission format). Label statistics follow docs/data.md.
 
 Image model, in log-amplitude units (nepers) until the final display mapping:
 - per subject a tissue map on a canvas larger than the image by MARGIN on each side: regional
-  echogenicity, striated muscle, wavy bright fascia (most near the top), anechoic vessels with
-  posterior enhancement, an optional rib with acoustic shadow, dark blobs and honeycomb-like decoy
-  clusters, and (separately) the nerve: an oval bundle of dark fascicles with bright rims;
+  echogenicity; tissue layers, each with its own level and amount of a streaky echo texture
+  (power-law noise, ~4x longer than thick, whose bright tail makes saturated specular streaks);
+  wavy bright fascia (most near the top); anechoic vessels with bright walls and posterior
+  enhancement; an optional rib with acoustic shadow; dark blobs and honeycomb-like decoy
+  clusters; and (separately) the nerve: a slightly brighter, finely textured oval of dark
+  fascicles that replaces most of the tissue under it, like the decoys;
 - per frame the probe moves along a smooth per-subject trajectory (an integer crop of the canvas),
   the nerve is drawn when the frame's presence chain says so, then correlated Rayleigh speckle
-  (it moves with the tissue and partly renews each frame), depth attenuation, darker sides, log
+  (smooth along rows, sharp across them; it moves with the tissue and partly renews each frame,
+  and the scanner's speckle reduction keeps part of it), depth attenuation, darker sides, log
   compression to uint8 and the top-centre marker.
 
-At the default `nerve_contrast` the nerve is hard to see at a glance and resembles the decoys,
-yet a small UNet at 96x128 learns it (Kaggle Dice ~0.7 on held-out subjects against ~0.43 for
-all-empty, after 400 steps of batch 16 on 12 subjects x 40 frames).
+The texture statistics (grey levels, local std, autocorrelation, neighbour differences, power
+spectrum, nerve contrast) fall in the real frames' 10th-90th percentile bands; docs/data.md,
+"Texture of the synthetic frames", has both. At the default `nerve_contrast` the nerve is not
+obvious and resembles the decoys, yet the quickstart's small UNet at 96x128 learns it (Kaggle
+Dice 0.75 on held-out subjects against 0.56 for all-empty; docs/ablation.md).
 
 Randomness comes only from `np.random.SeedSequence([seed, domain, subject, stream, frame])`, so a
 subject's output depends on (seed, subject, parameters) alone: identical for any `workers`.
@@ -50,7 +56,11 @@ TRAIN, TEST = 0, 1  # subject domains: test subjects never share anatomy with tr
 SPEC, CANVAS, FRAME, LABEL, TWIN, ORDER = range(6)  # random streams
 
 _EULER_GAMMA = 0.5772156649015329
-_SPECKLE_SIGMA = (1.0, 1.7)  # rows, cols: ultrasound speckle is elongated laterally
+_SPECKLE_SIGMA = (1.5, 3.3)  # rows, cols: ultrasound speckle is elongated laterally
+# Share of the log speckle amplitude left after the scanner's speckle reduction: the real frames'
+# local std is about a third of their std, most of which is tissue structure.
+_SPECKLE_KEPT = 0.55
+_TISSUE_COVERED = 0.6  # share of the tissue under the nerve (or a decoy) its pattern replaces
 SPECKLE_PERSISTENCE = 0.97  # correlation of the scatterers between frames at the same position
 
 
@@ -288,6 +298,33 @@ def _fascia(rng: np.random.Generator, rows: np.ndarray, center: np.ndarray, widt
     return strength * along * np.exp(-(((rows - center[None, :]) / width) ** 2))
 
 
+def _power_law_noise(rng: np.random.Generator, shape: tuple[int, int],
+                     lengths: tuple[float, float], slope: float) -> np.ndarray:
+    """[*shape] float32 Gaussian noise with unit std, periodic, at all scales.
+
+    Its power spectrum is flat below 1/lengths (rows, cols) cycles per px and falls as
+    |f|**slope above, so blobs are lengths[1] / lengths[0] times longer than thick.
+    """
+    freq_rows = np.fft.fftfreq(shape[0]).astype(np.float32)[:, None] * lengths[0]
+    freq_cols = np.fft.rfftfreq(shape[1]).astype(np.float32)[None, :] * lengths[1]
+    amplitude = (1.0 + freq_rows**2 + freq_cols**2) ** np.float32(slope / 4)
+    field = np.fft.irfft2(np.fft.rfft2(rng.standard_normal(shape, dtype=np.float32)) * amplitude,
+                          s=shape)
+    return (field - field.mean()) / field.std()
+
+
+def _tissue_texture(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """[*shape] float32 streaky tissue echoes: power-law noise, bright tail stretched, dark one
+    compressed.
+
+    The real frames' radial power spectrum is a power law and their autocorrelation ~4x longer
+    along rows than across; the bright tail makes the often saturated specular streaks, and the
+    real frames have more pixels above 200 than a symmetric texture of their std would.
+    """
+    field = _power_law_noise(rng, shape, (24.0, 105.0), -6.0)
+    return field + 2.4 * np.maximum(field - 1.0, 0.0) + 0.5 * np.maximum(-1.0 - field, 0.0)
+
+
 def _blobs(rng: np.random.Generator, rows: np.ndarray, cols: np.ndarray, centers: np.ndarray,
            radii: np.ndarray, core: float, rim: float) -> np.ndarray:
     """[H, W] dark, slightly oval blobs (depth ~`core`) with bright rims (~`rim`).
@@ -339,10 +376,14 @@ def _normalized_radius(rows: np.ndarray, cols: np.ndarray, e: Ellipse) -> np.nda
 
 
 def _honeycomb(rng: np.random.Generator, e: Ellipse, count: int, core: float, rim: float,
-               bundle: float, sheath: float) -> tuple[np.ndarray, tuple[int, int]]:
-    """Pattern of fascicles in ellipse `e`: ([h, w] float32 patch, (row, col) of its corner).
+               bundle: float, sheath: float,
+               grain: float) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """Fascicles in ellipse `e`: ([h, w] float32 patch, [h, w] cover, (row, col) of the corner).
 
-    `bundle` brightens the whole oval, `sheath` draws a patchy bright outer rim (epineurium).
+    The patch replaces a share `cover` (_TISSUE_COVERED inside the oval, fading over its edge) of
+    the tissue under it.
+    `bundle` brightens the whole oval, `sheath` draws a patchy bright outer rim (epineurium),
+    `grain` scales a fine texture inside (connective tissue between the fascicles).
     """
     pad = 8
     half = max(e.semi_major, e.semi_minor)
@@ -352,23 +393,33 @@ def _honeycomb(rng: np.random.Generator, e: Ellipse, count: int, core: float, ri
     rows, cols = rows + r0, cols + c0
     rho = _normalized_radius(rows, cols, e)
     inside = np.clip((1.0 - rho) * e.semi_minor / 3.0 + 0.5, 0.0, 1.0)
+    fade = np.clip((1.0 - rho) * e.semi_minor / 10.0 + 0.3, 0.0, 1.0)  # blurs the oval's edge
     phi = np.arctan2(rows - e.row, cols - e.col)
     arcs = np.clip(0.55 + 0.45 * np.cos(2 * phi + rng.uniform(0, 6.3))
                    + 0.35 * np.cos(3 * phi + rng.uniform(0, 6.3)), 0.0, 1.0)
     ring = np.exp(-((((rho - 1.0) * e.semi_minor) / 2.2) ** 2))
-    centers, radii = _pack_in_ellipse(rng, e, count, (3.0, 7.0), fill=0.85)
-    patch = bundle * inside + sheath * arcs * ring
+    centers, radii = _pack_in_ellipse(rng, e, count, (2.5, 6.0), fill=0.85)
+    patch = (bundle + grain * _power_law_noise(rng, (size, size), (5.0, 15.0), -5.0)) * fade
+    patch += sheath * arcs * ring
     patch += _blobs(rng, rows - r0, cols - c0, centers - [r0, c0], radii, core, rim) * inside
-    return patch.astype(np.float32), (r0, c0)
+    return patch.astype(np.float32), (_TISSUE_COVERED * fade).astype(np.float32), (r0, c0)
 
 
-def _add_patch(target: np.ndarray, patch: np.ndarray, corner: tuple[int, int]) -> None:
-    """target[corner:corner+patch.shape] += patch, clipped to target (in place)."""
+def _fascicle_count(rng: np.random.Generator, e: Ellipse) -> int:
+    """Number of fascicles to pack in ellipse `e`: ~14-26 in a nerve of median area."""
+    return round(math.pi * e.semi_major * e.semi_minor * rng.uniform(0.002, 0.0037))
+
+
+def _blend_patch(target: np.ndarray, patch: np.ndarray, cover: np.ndarray,
+                 corner: tuple[int, int]) -> None:
+    """target = target * (1 - cover) + patch over the window at `corner`, clipped (in place)."""
     r0, c0 = corner
     r1, c1 = r0 + patch.shape[0], c0 + patch.shape[1]
     tr0, tc0, tr1, tc1 = max(r0, 0), max(c0, 0), min(r1, target.shape[0]), min(c1, target.shape[1])
     if tr0 < tr1 and tc0 < tc1:
-        target[tr0:tr1, tc0:tc1] += patch[tr0 - r0 : tr1 - r0, tc0 - c0 : tc1 - c0]
+        window = (slice(tr0 - r0, tr1 - r0), slice(tc0 - c0, tc1 - c0))
+        target[tr0:tr1, tc0:tc1] *= 1.0 - cover[window]
+        target[tr0:tr1, tc0:tc1] += patch[window]
 
 
 def _outside(e: Ellipse, row: float, col: float, pad: float) -> bool:
@@ -388,16 +439,21 @@ def _place(rng: np.random.Generator, keep_out: list[tuple[Ellipse, float]], radi
     return None
 
 
-def _vessel(rows: np.ndarray, cols: np.ndarray, e: Ellipse, depth: float) -> np.ndarray:
-    """[H, W] anechoic vessel with a bright wall and posterior acoustic enhancement below it."""
+def _vessel(rows: np.ndarray, cols: np.ndarray, e: Ellipse,
+            depth: float) -> tuple[np.ndarray, np.ndarray]:
+    """Anechoic vessel: ([H, W] lumen weight, [H, W] log echogenicity it adds).
+
+    The lumen replaces the tissue (weight 1 inside) by -`depth`; a bright wall surrounds it and
+    posterior acoustic enhancement brightens the tissue below.
+    """
     rho = _normalized_radius(rows, cols, e)
     lumen = np.clip((1.0 - rho) * e.semi_minor / 1.5 + 0.5, 0.0, 1.0)
-    wall = 0.5 * np.exp(-((((rho - 1.0) * e.semi_minor) / 2.0) ** 2))
+    wall = np.exp(-((((rho - 1.0) * e.semi_minor) / 2.0) ** 2))
     below = rows - e.row
     half_width = max(e.semi_major, e.semi_minor) * 0.8
     beam = np.clip((half_width - np.abs(cols - e.col)) / 6.0, 0.0, 1.0)
     enhancement = 0.6 * beam * (below > 0) * np.exp(-np.maximum(below, 0) / 55.0) * (1 - lumen)
-    return -depth * lumen + wall * (1 - lumen) + enhancement
+    return lumen, -depth * lumen + wall * (1 - lumen) + enhancement
 
 
 def _rib(rng: np.random.Generator, rows: np.ndarray, width: int) -> np.ndarray:
@@ -411,33 +467,37 @@ def _rib(rng: np.random.Generator, rows: np.ndarray, width: int) -> np.ndarray:
     return (bone + shadow) * extent[None, :].astype(np.float32)
 
 
-def _canvas(seed: int, domain: int, subject: int, nerve: Ellipse) -> np.ndarray:
-    """[H + 2*MARGIN, W + 2*MARGIN] float32 log echogenicity of the subject (without the nerve)."""
-    rng = _rng(seed, domain, subject, CANVAS)
-    h, w = CANVAS_SHAPE
-    rows, cols = _grid(CANVAS_SHAPE)
-    out = 0.3 * _smooth_noise(rng, CANVAS_SHAPE, (35.0, 50.0))
-    out += 0.15 * _smooth_noise(rng, CANVAS_SHAPE, (3.0, 3.0))
-    # Striated muscle: laterally stretched texture, sheared by a per-subject tilt.
-    tilt = rng.uniform(-0.12, 0.12)
-    shear = np.round(tilt * (np.arange(w) - w / 2)).astype(np.int64)
-    extra = int(np.abs(shear).max()) + 1
-    stripes = _smooth_noise(rng, (h + 2 * extra, w), (1.3, 12.0))
-    out += 0.3 * stripes[np.arange(h)[:, None] + extra + shear[None, :], np.arange(w)[None, :]]
-    # Tissue layers of different echogenicity, separated by bright wavy fascia (mostly near the
-    # top), under a bright skin line.
-    bases = np.concatenate([rng.uniform(15, 150, rng.integers(3, 7)),
-                            rng.uniform(150, 380, rng.integers(1, 4))])
-    curves = [_wavy_curve(rng, w, MARGIN + base, rng.uniform(2, 14)) for base in np.sort(bases)]
-    levels = rng.normal(0.0, 0.45, len(curves) + 1).astype(np.float32)
+def _soft_tissue(rng: np.random.Generator, rows: np.ndarray) -> np.ndarray:
+    """[H + 2*MARGIN, W + 2*MARGIN] log echogenicity of the tissue layers, `rows` [H + 2*MARGIN, 1].
+
+    Layers of different echogenicity and texture (muscle vs fat), separated by bright wavy fascia
+    (mostly near the top, often saturated), under a bright skin line.
+    """
+    w = CANVAS_SHAPE[1]
+    bases = np.sort(np.concatenate([rng.uniform(15, 150, rng.integers(3, 7)),
+                                    rng.uniform(150, 380, rng.integers(1, 4))]))
+    curves = [_wavy_curve(rng, w, MARGIN + base, rng.uniform(2, 14)) for base in bases]
     layer = np.zeros(CANVAS_SHAPE, dtype=np.int64)
     for curve in curves:
         layer += rows > curve[None, :]
-    out += ndimage.uniform_filter(levels[layer], 5)
+    levels = rng.normal(0.0, 0.3, len(curves) + 1).astype(np.float32)
+    texture = rng.uniform(0.6, 1.2, len(curves) + 1).astype(np.float32)
+    out = ndimage.uniform_filter(levels[layer], 5)
+    out += ndimage.uniform_filter(texture[layer], 5) * _tissue_texture(rng, CANVAS_SHAPE)
     out += _fascia(rng, rows, _wavy_curve(rng, w, MARGIN + rng.uniform(3, 9), 1.5), 2.5, 1.6)
-    for curve, base in zip(curves, np.sort(bases), strict=True):
-        strength = rng.uniform(1.2, 2.2) if base < 150 else rng.uniform(0.6, 1.3)
-        out += _fascia(rng, rows, curve, rng.uniform(1.3, 3.2), strength)
+    for curve, base in zip(curves, bases, strict=True):
+        strength = rng.uniform(2.5, 4.0) if base < 150 else rng.uniform(1.2, 2.2)
+        out += _fascia(rng, rows, curve, rng.uniform(2.0, 4.5), strength)
+    return out
+
+
+def _canvas(seed: int, domain: int, subject: int, nerve: Ellipse) -> np.ndarray:
+    """[H + 2*MARGIN, W + 2*MARGIN] float32 log echogenicity of the subject (without the nerve)."""
+    rng = _rng(seed, domain, subject, CANVAS)
+    w = CANVAS_SHAPE[1]
+    rows, cols = _grid(CANVAS_SHAPE)
+    out = 0.15 * _smooth_noise(rng, CANVAS_SHAPE, (35.0, 50.0))
+    out += _soft_tissue(rng, rows)
     if rng.random() < 0.5:
         out += _rib(rng, rows, w)
     # Vessels: usually an artery beside the nerve, plus a few smaller ones anywhere.
@@ -457,34 +517,35 @@ def _canvas(seed: int, domain: int, subject: int, nerve: Ellipse) -> np.ndarray:
             vessels.append(Ellipse(*spot, radius, radius * rng.uniform(0.55, 1.0),
                                    rng.uniform(0, math.pi)))
     for v in vessels:
-        out += _vessel(rows, cols, v, rng.uniform(1.4, 2.0))
+        lumen, echoes = _vessel(rows, cols, v, rng.uniform(2.0, 2.8))
+        out = out * (1.0 - lumen) + echoes
     keep_out += [(v, 8.0) for v in vessels]
-    # Decoys: dark blobs without rims and small honeycomb-like clusters away from the nerve.
+    # Decoys: dark blobs without rims and nerve-like honeycomb clusters away from the nerve.
     spots = [_place(rng, keep_out, 8.0, (MARGIN + 40, MARGIN + 380),
                     (MARGIN + 10, w - MARGIN - 10)) for _ in range(rng.integers(8, 18))]
     centers = np.array([s for s in spots if s is not None], dtype=np.float32).reshape(-1, 2)
     out += _blobs(rng, rows, cols, centers, rng.uniform(3.5, 9.0, len(centers)),
                   -rng.uniform(0.8, 1.3), 0.0)
     for _ in range(rng.integers(1, 4)):
-        semi = rng.uniform(18, 40)
+        semi = rng.uniform(25, 50)
         spot = _place(rng, keep_out, semi, (MARGIN + 60, MARGIN + 340),
                       (MARGIN + 40, w - MARGIN - 40))
         if spot is None:
             continue
         decoy = Ellipse(*spot, semi, semi * rng.uniform(0.6, 1.0), rng.uniform(0, math.pi))
-        patch, corner = _honeycomb(rng, decoy, int(rng.integers(4, 10)), -rng.uniform(1.0, 1.4),
-                                   rng.uniform(0.0, 0.6), rng.uniform(-0.05, 0.12), 0.0)
-        _add_patch(out, patch, corner)
+        _blend_patch(out, *_honeycomb(rng, decoy, _fascicle_count(rng, decoy),
+                                      -rng.uniform(1.4, 2.0), rng.uniform(0.2, 0.6),
+                                      rng.uniform(0.6, 1.1), rng.uniform(0.0, 0.4), 0.37))
         keep_out.append((decoy, 4.0))
     return out.astype(np.float32)
 
 
 def _nerve_pattern(seed: int, domain: int, subject: int,
-                   nerve: Ellipse) -> tuple[np.ndarray, tuple[int, int]]:
-    """The nerve's honeycomb at contrast 1: ([h, w] float32 patch, canvas corner (row, col))."""
+                   nerve: Ellipse) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """The nerve's honeycomb at contrast 1: (patch, cover, canvas corner), see `_honeycomb`."""
     rng = _rng(seed, domain, subject, CANVAS, 1)
-    count = int(rng.integers(9, 19))
-    return _honeycomb(rng, nerve, count, core=-1.4, rim=0.6, bundle=0.35, sheath=0.7)
+    return _honeycomb(rng, nerve, _fascicle_count(rng, nerve), core=-2.0, rim=0.6, bundle=1.25,
+                      sheath=0.7, grain=0.42)
 
 
 def _probe(rng: np.random.Generator) -> tuple[np.ndarray, float, float]:
@@ -495,7 +556,7 @@ def _probe(rng: np.random.Generator) -> tuple[np.ndarray, float, float]:
     gain -= rng.uniform(0.3, 0.8) * np.clip((depth - 0.8) / 0.2, 0.0, 1.0)  # fading far field
     edge = np.minimum(cols, WIDTH - 1 - cols)
     side = -1.5 * np.clip(1.0 - edge / rng.uniform(12.0, 30.0), 0.0, 1.0) ** 2
-    return (gain + side).astype(np.float32), rng.uniform(85.0, 110.0), rng.uniform(30.0, 38.0)
+    return (gain + side).astype(np.float32), rng.uniform(90.0, 106.0), rng.uniform(37.0, 43.0)
 
 
 def _marker() -> tuple[np.ndarray, np.ndarray]:
@@ -523,7 +584,7 @@ def _log_speckle(rng: np.random.Generator, tissue: np.ndarray) -> np.ndarray:
     SPECKLE_PERSISTENCE): speckle moves with the tissue and only partly renews between frames,
     which is what makes real near-duplicate frames recognisable. The magnitude of a blurred
     complex Gaussian field is Rayleigh distributed; its log has mean
-    (log(2 var) - Euler gamma) / 2, which is subtracted.
+    (log(2 var) - Euler gamma) / 2, which is subtracted, and is scaled by _SPECKLE_KEPT.
     """
     k_row, k_col, variance = _speckle_kernels()
     z = rng.standard_normal((2, HEIGHT, WIDTH), dtype=np.float32)
@@ -535,7 +596,7 @@ def _log_speckle(rng: np.random.Generator, tissue: np.ndarray) -> np.ndarray:
     power += np.float32(0.15 * 2 * variance)  # softens the deepest speckle nulls
     np.log(power, out=power)
     power -= math.log(2 * variance) - _EULER_GAMMA
-    power *= 0.5
+    power *= 0.5 * _SPECKLE_KEPT
     return power
 
 
@@ -548,14 +609,16 @@ class Anatomy:
     """A subject's rendered anatomy, all float32.
 
     `canvas` [H + 2*MARGIN, W + 2*MARGIN] log echogenicity; `scatterers` [2, same] speckle
-    field; `pattern` the nerve (already scaled by the contrast) at canvas `corner`; `probe`
-    [H, W] depth gain and side fade; display grey = `offset` + `scale` * log amplitude.
+    field; `pattern` the nerve and `cover` the share of tissue it replaces (both already scaled
+    by the contrast) at canvas `corner`; `probe` [H, W] depth gain and side fade; display
+    grey = `offset` + `scale` * log amplitude.
     """
 
     spec: SubjectSpec
     canvas: np.ndarray
     scatterers: np.ndarray
     pattern: np.ndarray
+    cover: np.ndarray
     corner: tuple[int, int]
     probe: np.ndarray
     offset: float
@@ -565,13 +628,13 @@ class Anatomy:
 def subject_anatomy(spec: SubjectSpec, nerve_contrast: float) -> Anatomy:
     """Renders a subject's canvas, nerve pattern (scaled by `nerve_contrast`) and display."""
     canvas = _canvas(spec.seed, spec.domain, spec.subject, spec.nerve)
-    pattern, corner = _nerve_pattern(spec.seed, spec.domain, spec.subject, spec.nerve)
+    pattern, cover, corner = _nerve_pattern(spec.seed, spec.domain, spec.subject, spec.nerve)
     probe, offset, scale = _probe(_rng(spec.seed, spec.domain, spec.subject, CANVAS, 2))
     scatterers = _rng(spec.seed, spec.domain, spec.subject, CANVAS, 3).standard_normal(
         (2, *CANVAS_SHAPE), dtype=np.float32)
     scatterers *= np.float32(SPECKLE_PERSISTENCE)
-    return Anatomy(spec, canvas, scatterers, pattern * np.float32(nerve_contrast), corner, probe,
-                    offset, scale)
+    return Anatomy(spec, canvas, scatterers, pattern * np.float32(nerve_contrast),
+                   cover * np.float32(min(nerve_contrast, 1.0)), corner, probe, offset, scale)
 
 
 def render_frame(anatomy: Anatomy, fs: FrameSpec) -> np.ndarray:
@@ -583,7 +646,7 @@ def render_frame(anatomy: Anatomy, fs: FrameSpec) -> np.ndarray:
     log_img = anatomy.canvas[top : top + HEIGHT, left : left + WIDTH].copy()
     if fs.nerve_visible:
         corner = (anatomy.corner[0] - top + nr, anatomy.corner[1] - left + nc)
-        _add_patch(log_img, anatomy.pattern, corner)
+        _blend_patch(log_img, anatomy.pattern, anatomy.cover, corner)
     log_img += anatomy.probe
     log_img += _log_speckle(rng, anatomy.scatterers[:, top : top + HEIGHT, left : left + WIDTH])
     offset = anatomy.offset + anatomy.scale * rng.normal(0.0, 0.03)
@@ -649,7 +712,8 @@ def generate(out_dir: str | os.PathLike, *, num_subjects: int = 8, frames_per_su
              contradictory_rate: float = 0.0, workers: int = 1) -> SynthSummary:
     """Writes a synthetic dataset in Kaggle layout into `out_dir`; same bytes for same arguments.
 
-    `nerve_contrast` scales the nerve's pattern (0: invisible, 1: subtle like the real data).
+    `nerve_contrast` scales the nerve's pattern and, up to 1, the share of tissue it replaces
+    (0: invisible, 1: subtle like the real data).
     `contradictory_rate` is the share of nerve frames that get an unlabelled near-identical twin
     (replacing an empty frame of the same subject). `workers` > 1 renders subjects in parallel
     processes without changing the output. Raises ValueError if `out_dir` has train/ or test/.
