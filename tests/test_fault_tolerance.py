@@ -197,7 +197,7 @@ def test_a_damaged_latest_checkpoint_is_skipped_with_a_warning(
 def test_early_stopping_is_remembered_until_the_patience_or_budget_is_raised(
         test_config, tiny_kaggle_dir, tfds_dir, tmp_path):
     workdir = str(tmp_path / "work")
-    config = _config(test_config, tiny_kaggle_dir, tfds_dir, 12, learning_rate=0.0,
+    config = _config(test_config, tiny_kaggle_dir, tfds_dir, 12, learning_rate=0.0, threshold=1.0,
                      eval_every_steps=2, early_stopping_patience=2)
     first = train.train_and_evaluate(config, workdir)
     assert first.status == "early_stopped" and first.step == 6
