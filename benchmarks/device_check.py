@@ -188,14 +188,14 @@ def stage_input(plan: Plan, data: str, tfds_dir: str) -> list[dict]:
             batches = parallel.prefetch_to_device(batches, "shard_map", mesh)
         state, m = step(state, parallel.global_batch(next(batches), mesh))
         jax.block_until_ready(m)
-        host, total = 0.0, time.perf_counter()
+        host, started = 0.0, time.perf_counter()
         for _ in range(plan.steps):
             start = time.perf_counter()
             batch = parallel.global_batch(next(batches), mesh)
             host += time.perf_counter() - start
             state, m = step(state, batch)
         jax.block_until_ready((state, m))
-        total = time.perf_counter() - total
+        total = time.perf_counter() - started
         rows.append({"prefetch": prefetch, "batch": plan.input_batch,
                      "step_ms": 1e3 * total / plan.steps, "host_input_ms": 1e3 * host / plan.steps,
                      "host_input_share": host / total})

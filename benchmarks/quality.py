@@ -2,22 +2,33 @@
 
   .venv/bin/python benchmarks/quality.py [--subjects 20 --frames 60 --test 400 --steps 1000
       --seeds 2 --config configs/quickstart.py --image-size 64,80 --out runs/quality]
+  .venv/bin/python benchmarks/quality.py --kaggle-dir DATA [--outer-folds 5 ...]
 
-Writes (once, reused on later runs) a seeded synthetic Kaggle folder with contradictory
-near-duplicates among the training frames, and its TFDS dataset. Then, for each row, trains
-what the row needs (every training run has the same step budget, model and batch), runs the
-system's own `tune` and `predict` on it, and scores the submission on the synthetic test
-subjects, never seen in training, against their true masks (synthetic_test_masks.csv): the
-Kaggle Dice at 420x580, empty vs empty = 1.
+Synthetic (default): writes (once, reused on later runs) a seeded synthetic Kaggle folder with
+contradictory near-duplicates among the training frames, and its TFDS dataset. Each row's
+submission is scored on the synthetic test subjects, never seen in training, against their true
+masks (synthetic_test_masks.csv).
+
+Your own download (--kaggle-dir, folders or zips): Kaggle's test set has no labels, so the
+labelled frames are split by subject into --outer-folds outer folds. Outer fold k becomes a
+competition of its own: the other subjects' frames are its training data (linked, or unpacked
+once from the zips), fold k's images its test set. Every row is trained, tuned and run there as
+below; each labelled frame is scored once, by the models that never saw its subject (out of
+fold). Tuning is nested: `tune` sees only the held-out predictions of the validation fold inside
+the outer fold's training subjects, never the frames it is scored on.
+
+For each row the script trains what the row needs (every training run has the same step
+budget, model and batch), runs the system's own `tune` and `predict`, and scores the
+submission: the Kaggle Dice at 420x580, empty vs empty = 1.
 
 Every row is trained with --seeds training seeds and its Dice is the mean over them: one seed's
 score moves by several hundredths with the seed alone, more than most pieces change it. Rows are
 added greedily: each adds one piece to the best system so far and is kept only if it raises the
-test Dice; the last line is the system with every kept piece. The change column is the paired
-change against the system the row builds on, with a 95% interval over test images (from the
-seed-averaged per-image Dice, so seed noise is only partly in it; compare the per-seed column).
-Workdirs and scores are cached in --out, so an interrupted run resumes. The last output line is
-one JSON object.
+Dice; the last line is the system with every kept piece. The change column is the paired
+change against the system the row builds on, with a 95% interval over the scored images (from
+the seed-averaged per-image Dice, so seed noise is only partly in it; compare the per-seed
+column). Workdirs and scores are cached in --out, so an interrupted run resumes. The last output
+line is one JSON object.
 """
 
 import argparse
@@ -30,6 +41,7 @@ import os
 import shutil
 import sys
 import time
+from typing import NamedTuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -39,7 +51,7 @@ import numpy as np  # noqa: E402
 from benchmarks import common  # noqa: E402
 from nerve_jax import config_util, metrics, runtime, train  # noqa: E402
 from nerve_jax.atomic import atomic_open  # noqa: E402
-from nerve_jax.data import kaggle, synthetic, tfds_builder  # noqa: E402
+from nerve_jax.data import kaggle, pipeline, synthetic, tfds_builder  # noqa: E402
 from nerve_jax.submit import inference, postprocess, rle, tune  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,13 +105,19 @@ EXTENSIONS = (
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--kaggle-dir", default="",
+                   help="score on your own Kaggle download (folders or zips) instead: "
+                        "out-of-fold Dice over subject-grouped outer folds of its labelled frames")
+    p.add_argument("--outer-folds", type=int, default=5,
+                   help="with --kaggle-dir: outer folds (each one's subjects are a test set)")
     p.add_argument("--subjects", type=int, default=20)
     p.add_argument("--frames", type=int, default=60)
     p.add_argument("--test", type=int, default=400, help="test images (separate subjects)")
     p.add_argument("--contrast", type=float, default=synthetic.DEFAULT_NERVE_CONTRAST,
                    help="synthetic nerve_contrast (lower is harder)")
     p.add_argument("--contradictory-rate", type=float, default=0.1)
-    p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--data-seed", type=int, default=0,
+                   help="synthetic data seed; with --kaggle-dir, the outer folds' shuffle")
     p.add_argument("--steps", type=int, default=1000, help="train steps per model")
     p.add_argument("--image-size", default="64,80",
                    help="model input rows,cols (the 64x80 of the classic Kaggle UNet starter)")
@@ -114,13 +132,30 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+class Split(NamedTuple):
+    """One division into training and test subjects: a folder in Kaggle layout whose test/
+    holds the test frames, its TFDS dataset, and the test frames' true masks {id: RLE}."""
+
+    name: str
+    data: str
+    tfds_dir: str
+    truth: dict[int, str]
+
+
 def data_name(args) -> str:
+    if args.kaggle_dir:
+        return (f"kaggle_{kaggle.fingerprint(args.kaggle_dir)}_outer{args.outer_folds}"
+                f"_seed{args.data_seed}")
     return (f"s{args.subjects}_f{args.frames}_t{args.test}_c{args.contrast:g}"
-            f"_r{args.contradictory_rate:g}_seed{args.data_seed}")
+            f"_r{args.contradictory_rate:g}_seed{args.data_seed}_gen{synthetic.GENERATOR_VERSION}")
 
 
-def ensure_data(args) -> tuple[str, str]:
-    """(kaggle folder, TFDS data dir), generated and built on the first run."""
+def ensure_data(args) -> list[Split]:
+    """The splits the rows are scored on, written and built on the first run."""
+    return outer_splits(args) if args.kaggle_dir else [synthetic_split(args)]
+
+
+def synthetic_split(args) -> Split:
     root = os.path.join(args.out, data_name(args))
     data, tfds_dir = os.path.join(root, "data"), os.path.join(root, "tfds")
     if not os.path.isfile(os.path.join(data, synthetic.TRUTH_FILE)):
@@ -132,8 +167,76 @@ def ensure_data(args) -> tuple[str, str]:
                                      workers=os.cpu_count() or 1)
         print(f"synthetic data: {summary}", flush=True)
     tfds_builder.prepare(data, tfds_dir)
-    return data, tfds_dir
+    return Split("", data, tfds_dir, true_masks(os.path.join(data, synthetic.TEST_MASKS_FILE)))
 
+
+# --- A user's own download: subject-grouped outer folds ------------------------------------
+
+OUTER_TRUTH_FILE = "outer_truth.csv"
+
+
+def outer_splits(args) -> list[Split]:
+    """Outer fold k of the labelled frames as its own competition: the other subjects' frames
+    in train/, fold k's images in test/ as <id>.tif, their masks in outer_truth.csv. Files are
+    linked (a zipped download is unpacked once), never changed."""
+    root = os.path.join(args.out, data_name(args))
+    splits, download = [], None
+    for k in range(args.outer_folds):
+        data = os.path.join(root, f"outer{k}", "data")
+        if not os.path.isfile(os.path.join(data, OUTER_TRUTH_FILE)):
+            download = download or kaggle.check_download(args.kaggle_dir, with_test=False)
+            write_outer_fold(download, args.outer_folds, k, args.data_seed, data,
+                             os.path.join(root, "frames"))
+        tfds_dir = os.path.join(root, f"outer{k}", "tfds")
+        tfds_builder.prepare(data, tfds_dir)
+        splits.append(Split(f"outer{k}", data, tfds_dir,
+                            true_masks(os.path.join(data, OUTER_TRUTH_FILE))))
+    return splits
+
+
+def write_outer_fold(download: kaggle.Download, num_folds: int, fold: int, seed: int,
+                     data: str, unpacked: str) -> None:
+    subjects = sorted({p.subject for p in download.pairs})
+    _, held = pipeline.split_subjects(subjects, num_folds, fold, seed)
+    held = set(held)
+    partial = data + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    os.makedirs(os.path.join(partial, "train"))
+    os.makedirs(os.path.join(partial, "test"))
+    rows = []
+    for pair in download.pairs:
+        image = _local_file(pair.image_path, unpacked)
+        if pair.subject in held:
+            test_id = len(rows) + 1
+            os.symlink(image, os.path.join(partial, "test", f"{test_id}.tif"))
+            mask = kaggle.read_tiff(pair.mask_path)
+            rows.append((test_id, pair.subject, pair.frame, rle.encode(mask)))
+        else:
+            os.symlink(image, os.path.join(partial, "train", f"{pair.name}.tif"))
+            os.symlink(_local_file(pair.mask_path, unpacked),
+                       os.path.join(partial, "train", f"{pair.name}_mask.tif"))
+    with open(os.path.join(partial, OUTER_TRUTH_FILE), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["img", "subject", "frame", "pixels"])
+        writer.writerows(rows)
+    shutil.rmtree(data, ignore_errors=True)
+    os.rename(partial, data)
+
+
+def _local_file(ref: str, unpacked: str) -> str:
+    """An absolute path holding the file `ref`: the file itself, or its copy unpacked from
+    a zip into `unpacked` (once)."""
+    if kaggle.ZIP_MEMBER_SEPARATOR not in ref:
+        return os.path.abspath(ref)
+    path = os.path.join(unpacked, os.path.basename(ref.split(kaggle.ZIP_MEMBER_SEPARATOR)[1]))
+    if not os.path.isfile(path):
+        os.makedirs(unpacked, exist_ok=True)
+        with atomic_open(path, "wb") as f:
+            f.write(kaggle.read_bytes(ref))
+    return os.path.abspath(path)
+
+
+# --- Training and scoring -------------------------------------------------------------------
 
 def run_dir(args) -> str:
     config = os.path.splitext(os.path.basename(args.config))[0]
@@ -141,22 +244,22 @@ def run_dir(args) -> str:
     return os.path.join(args.out, data_name(args), f"{config}_{size}_steps{args.steps}")
 
 
-def base_config(args, data: str, tfds_dir: str):
+def base_config(args, split: Split):
     config = config_util.load_config_file(args.config)
     config_util.apply_overrides(config, [f"--config.image_size={args.image_size}"])
-    config.kaggle_dir, config.tfds_data_dir = data, tfds_dir
+    config.kaggle_dir, config.tfds_data_dir = split.data, split.tfds_dir
     config.num_train_steps = args.steps
     config.eval_every_steps = max(1, args.steps // args.evals)
     config.log_every_steps = config.eval_every_steps
     return config
 
 
-def train_workdir(args, data: str, tfds_dir: str, overrides: tuple[str, ...], seed: int,
-                  fold: int, timings: dict) -> str:
+def train_workdir(args, split: Split, overrides: tuple[str, ...], seed: int, fold: int,
+                  timings: dict) -> str:
     """The workdir of one training run, trained (or resumed) to --steps."""
     name = "-".join(o.removeprefix("--config.").replace("=", "_") for o in overrides) or "plain"
-    workdir = os.path.join(run_dir(args), name, f"seed{seed}", f"fold{fold}")
-    config = base_config(args, data, tfds_dir)
+    workdir = os.path.join(run_dir(args), name, split.name, f"seed{seed}", f"fold{fold}")
+    config = base_config(args, split)
     config_util.apply_overrides(config, [*overrides, f"--config.seed={seed}",
                                          f"--config.fold={fold}"])
     done = os.path.join(workdir, "trained_seconds.json")
@@ -170,8 +273,8 @@ def train_workdir(args, data: str, tfds_dir: str, overrides: tuple[str, ...], se
     return workdir
 
 
-def true_masks(data: str) -> dict[int, str]:
-    with open(os.path.join(data, synthetic.TEST_MASKS_FILE), newline="") as f:
+def true_masks(path: str) -> dict[int, str]:
+    with open(path, newline="") as f:
         return {int(row["img"]): row["pixels"] for row in csv.DictReader(f)}
 
 
@@ -186,8 +289,7 @@ def score_submission(path: str, truth: dict[int, str]) -> np.ndarray:
     return np.asarray(metrics.dice_per_image(preds, truths))
 
 
-def score_models(data: str, system: System, workdirs: list[str],
-                 truth: dict[int, str]) -> np.ndarray:
+def score_models(split: Split, system: System, workdirs: list[str]) -> np.ndarray:
     """Tunes (if the system does) and predicts with `workdirs` like a user would; per test
     image Dice."""
     for workdir in workdirs:  # A row without tuning predicts with the config's values.
@@ -199,27 +301,34 @@ def score_models(data: str, system: System, workdirs: list[str],
         tune.tune(workdirs, workers=os.cpu_count() or 1)
     digest = hashlib.sha1(system.key().encode()).hexdigest()[:10]
     out = os.path.join(os.path.dirname(workdirs[0]), f"submission_{digest}.csv")
-    inference.predict(workdirs, out, os.path.join(data, "test"), system.tta)
-    return score_submission(out, truth)
+    inference.predict(workdirs, out, os.path.join(split.data, "test"), system.tta)
+    return score_submission(out, split.truth)
 
 
-def run_system(args, data: str, tfds_dir: str, system: System, truth: dict[int, str]) -> dict:
-    """Every seed's models for `system`, each scored on the test images; Dice per image
-    averaged over the seeds."""
+def run_system(args, splits: list[Split], system: System) -> dict:
+    """Every seed's models for `system` on every split, each scored on its test images; Dice
+    per image (splits in order) averaged over the seeds."""
     timings, per_seed, params = {}, [], []
+    start = time.perf_counter()
     for seed in range(args.seeds):
-        workdirs = [train_workdir(args, data, tfds_dir, system.overrides, seed, fold, timings)
-                    for fold in range(system.folds)]
-        per_seed.append(score_models(data, system, workdirs, truth))
-        params.append(postprocess.load(workdirs[0])[0].describe() if system.tuned else "config")
+        scores = []
+        for split in splits:
+            workdirs = [train_workdir(args, split, system.overrides, seed, fold, timings)
+                        for fold in range(system.folds)]
+            scores.append(score_models(split, system, workdirs))
+            params.append(postprocess.load(workdirs[0])[0].describe() if system.tuned
+                          else "config")
+        per_seed.append(np.concatenate(scores))
+    models = args.seeds * len(splits) * system.folds
     return {"dice": np.mean(per_seed, axis=0).tolist(),
             "seed_dice": [float(d.mean()) for d in per_seed],
-            "train_seconds": sum(timings.values()) / args.seeds, "postprocess": params}
+            "train_seconds": sum(timings.values()) / models,
+            "seconds": time.perf_counter() - start, "postprocess": params}
 
 
-def cached(args, data, tfds_dir, system: System, truth, results: dict, path: str) -> dict:
+def cached(args, splits: list[Split], system: System, results: dict, path: str) -> dict:
     if system.key() not in results:
-        results[system.key()] = run_system(args, data, tfds_dir, system, truth)
+        results[system.key()] = run_system(args, splits, system)
         with atomic_open(path) as f:  # An interrupted run keeps the rows it finished.
             json.dump(results, f)
     return results[system.key()]
@@ -241,35 +350,57 @@ def format_row(name: str, result: dict, change: tuple[float, float] | None = Non
             f"{train_s:>8s}   {seeds}")
 
 
+def describe(args, splits: list[Split]) -> str:
+    images = sum(len(split.truth) for split in splits)
+    what = (f"{images} synthetic test images from separate subjects" if not args.kaggle_dir else
+            f"out of fold: {images} labelled frames of {args.kaggle_dir}, each scored by the "
+            f"models of the outer fold that held out its subject ({args.outer_folds} "
+            f"subject-grouped outer folds)")
+    return (f"{what}; Kaggle Dice at 420x580, mean of {args.seeds} training seeds; "
+            f"{args.steps} train steps per model; {os.path.basename(args.config)} at "
+            f"{args.image_size}")
+
+
 def main(argv=None):
     args = parse_args(argv)
     runtime.start_tensorflow()
-    data, tfds_dir = ensure_data(args)
-    truth = true_masks(data)
+    start = time.perf_counter()
+    splits = ensure_data(args)
+    data_seconds = time.perf_counter() - start
     path = os.path.join(run_dir(args), RESULTS_FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     results = {}
     if os.path.isfile(path):
         with open(path) as f:
             results = json.load(f)
-    empty = {"dice": [1.0 if not pixels else 0.0 for _, pixels in sorted(truth.items())]}
-    print(f"\n{len(truth)} synthetic test images from separate subjects; Kaggle Dice at "
-          f"420x580, mean of {args.seeds} training seeds; {args.steps} train steps per model; "
-          f"{os.path.basename(args.config)} at {args.image_size}")
+    empty = {"dice": [1.0 if not split.truth[i] else 0.0
+                      for split in splits for i in sorted(split.truth)]}
+    print(f"\n{describe(args, splits)}")
     print(f"{'row':40s} {'Dice':>7s} {'change (95%)':>18s} {'kept':>5s} {'train s':>8s}   "
           f"per seed")
     print(format_row("all-empty baseline", empty), flush=True)
+    record = {"data": data_name(args), "kaggle_dir": args.kaggle_dir, "steps": args.steps,
+              "seeds": args.seeds, "image_size": args.image_size,
+              "images": len(empty["dice"]), "data_seconds": data_seconds}
     if args.extensions:
-        return extension_rows(args, data, tfds_dir, truth, results, path)
+        record["extension_rows"] = extension_rows(args, splits, results, path)
+    else:
+        record.update(greedy_rows(args, splits, results, path, empty))
+    record["seconds"] = time.perf_counter() - start
+    common.print_json(record)
+
+
+def greedy_rows(args, splits: list[Split], results: dict, path: str, empty: dict) -> dict:
+    """Each of PIECES added to the best system so far, kept when it raises the Dice."""
     kept = System()
-    best = cached(args, data, tfds_dir, kept, truth, results, path)
+    best = cached(args, splits, kept, results, path)
     print(format_row("plain UNet (soft Dice only)", best), flush=True)
     rows = [{"row": "all-empty", "dice": float(np.mean(empty["dice"]))},
             {"row": "plain", "dice": float(np.mean(best["dice"])),
              "seed_dice": best["seed_dice"], "train_seconds": best["train_seconds"]}]
     for piece in PIECES:
         system = piece.add(kept)
-        result = cached(args, data, tfds_dir, system, truth, results, path)
+        result = cached(args, splits, system, results, path)
         change = paired_change(result["dice"], best["dice"])
         keep = change[0] > 0
         print(format_row("+ " + piece.name, result, change, keep), flush=True)
@@ -281,29 +412,25 @@ def main(argv=None):
             kept, best = system, result
     print(format_row("full system (kept pieces)", best))
     print(f"  {json.dumps(dataclasses.asdict(kept))}")
-    common.print_json({"data": data_name(args), "steps": args.steps, "seeds": args.seeds,
-                       "image_size": args.image_size, "rows": rows,
-                       "full_system": dataclasses.asdict(kept),
-                       "full_system_dice": float(np.mean(best["dice"]))})
+    return {"rows": rows, "full_system": dataclasses.asdict(kept),
+            "full_system_dice": float(np.mean(best["dice"]))}
 
 
-def extension_rows(args, data: str, tfds_dir: str, truth: dict, results: dict,
-                   path: str) -> None:
+def extension_rows(args, splits: list[Split], results: dict, path: str) -> list[dict]:
     """Each of EXTENSIONS on top of the plain UNet with tuned post-processing, not greedy."""
     base_system = System(tuned=True)
-    base = cached(args, data, tfds_dir, base_system, truth, results, path)
+    base = cached(args, splits, base_system, results, path)
     print(format_row("plain UNet + tuned post-processing", base), flush=True)
     rows = [{"row": "plain + tuned", "dice": float(np.mean(base["dice"])),
              "seed_dice": base["seed_dice"], "train_seconds": base["train_seconds"]}]
     for piece in EXTENSIONS:
-        result = cached(args, data, tfds_dir, piece.add(base_system), truth, results, path)
+        result = cached(args, splits, piece.add(base_system), results, path)
         change = paired_change(result["dice"], base["dice"])
         print(format_row("+ " + piece.name, result, change), flush=True)
         rows.append({"row": piece.name, "dice": float(np.mean(result["dice"])),
                      "seed_dice": result["seed_dice"], "change": change[0], "ci95": change[1],
                      "train_seconds": result["train_seconds"]})
-    common.print_json({"data": data_name(args), "steps": args.steps, "seeds": args.seeds,
-                       "image_size": args.image_size, "extension_rows": rows})
+    return rows
 
 
 if __name__ == "__main__":

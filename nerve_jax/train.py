@@ -19,7 +19,6 @@ import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 import tensorflow as tf
 from flax.training import train_state
@@ -30,7 +29,7 @@ from nerve_jax import checkpoint, config_util, losses, metrics, parallel, regist
 from nerve_jax.atomic import atomic_open
 from nerve_jax.data import pipeline, tfds_builder
 from nerve_jax.errors import TrainingDiverged, UserError
-from nerve_jax.runtime import interrupts
+from nerve_jax.runtime import distributed, interrupts
 from nerve_jax.submit import postprocess
 
 CONFIG_FILE = "config.json"
@@ -511,17 +510,6 @@ class FiniteGuard:
                                  self.max_skips)
 
 
-def _agreed(*flags: bool) -> tuple[bool, ...]:
-    """Each flag true on any process: every process takes the same decisions at the same step,
-    with one collective per step when there are several."""
-    if jax.process_count() == 1:
-        return flags
-    from jax.experimental import multihost_utils
-
-    gathered = multihost_utils.process_allgather(np.array(flags))
-    return tuple(bool(v) for v in np.asarray(gathered).reshape(-1, len(flags)).any(axis=0))
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     """Trains on the training subjects, evaluating and checkpointing on the validation subjects.
 
@@ -583,7 +571,7 @@ def _train_loop(config, workdir, builder, train_subjects, val_subjects, total_st
             guard.add(step, step_metrics["finite"])
             logging_step = step % config.log_every_steps == 0 or step == total_steps
             eval_step_now = step % config.eval_every_steps == 0 or step == total_steps
-            stop_now, save_due = _agreed(stop.requested is not None,
+            stop_now, save_due = distributed.any_process(stop.requested is not None,
                                          _checkpoint_due(config, step, last_save))
             if logging_step or eval_step_now or stop_now or save_due:
                 guard.flush()  # Nothing is logged or saved after a non-finite step.

@@ -1,5 +1,9 @@
 """The pieces of benchmarks/quality.py that decide its table: scoring, changes, the rows."""
 
+import csv
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -42,3 +46,87 @@ def test_each_piece_adds_one_thing_to_the_system_it_builds_on():
         overrides=("--config.model.presence_head=true", "--config.augment.enabled=true",
                    "--config.augment.flip=0.0", "--config.clean=drop"),
         tuned=True, tta="hflip", folds=2)
+
+
+# --- --kaggle-dir: out-of-fold scoring of a user's own download ----------------------------
+
+def _kaggle_folder(tmp_path_factory, subjects=6, frames=10):
+    from nerve_jax.data import synthetic
+
+    out = tmp_path_factory.mktemp("own_download") / "data"
+    synthetic.generate(str(out), num_subjects=subjects, frames_per_subject=frames, num_test=2,
+                       seed=3)
+    return out
+
+
+def _zipped(folder, dest):
+    """The same training frames as Kaggle ships them: train.zip holding train/<name>.tif."""
+    import zipfile
+
+    dest.mkdir()
+    with zipfile.ZipFile(dest / "train.zip", "w") as z:
+        for path in sorted((folder / "train").iterdir()):
+            z.write(path, f"train/{path.name}")
+    return dest
+
+
+def _masks_by_frame(folder) -> dict[tuple[int, int], np.ndarray]:
+    from PIL import Image
+
+    masks = {}
+    for path in (folder / "train").glob("*_mask.tif"):
+        subject, frame, _ = path.name.split("_")
+        masks[(int(subject), int(frame))] = np.asarray(Image.open(path)) > 0
+    return masks
+
+
+@pytest.fixture(scope="module")
+def own_download(tmp_path_factory):
+    return _kaggle_folder(tmp_path_factory)
+
+
+def _args(download, out, *more):
+    return quality.parse_args(["--kaggle-dir", str(download), "--outer-folds", "2",
+                               "--out", str(out), *more])
+
+
+def test_outer_folds_test_every_labelled_frame_once_on_subjects_never_trained_on(
+        own_download, tmp_path):
+    folder_splits = quality.ensure_data(_args(own_download, tmp_path / "a"))
+    zip_splits = quality.ensure_data(_args(_zipped(own_download, tmp_path / "zips"),
+                                           tmp_path / "b"))
+    masks = _masks_by_frame(own_download)
+    tested = []
+    for split, zipped in zip(folder_splits, zip_splits, strict=True):
+        with open(f"{split.data}/{quality.OUTER_TRUTH_FILE}") as f:
+            rows = list(csv.DictReader(f))
+        trained = {int(p.name.split("_")[0]) for p in (Path(split.data) / "train").iterdir()}
+        held = {int(r["subject"]) for r in rows}
+        assert trained and held and not trained & held
+        assert trained | held == {s for s, _ in masks}
+        for row in rows:
+            key = (int(row["subject"]), int(row["frame"]))
+            tested.append(key)
+            test_image = Path(split.data) / "test" / f"{row['img']}.tif"
+            assert test_image.read_bytes() == (own_download / "train" /
+                                               f"{key[0]}_{key[1]}.tif").read_bytes()
+            np.testing.assert_array_equal(rle.decode(split.truth[int(row["img"])]), masks[key])
+        assert zipped.truth == split.truth  # zips or folders: the same outer folds
+    assert sorted(tested) == sorted(masks)
+
+
+@pytest.mark.slow
+def test_kaggle_dir_ablation_runs_end_to_end_out_of_fold(own_download, tmp_path, capsys):
+    quality.main(["--kaggle-dir", str(own_download), "--outer-folds", "2",
+                  "--config", "configs/test.py", "--image-size", "32,48", "--steps", "4",
+                  "--seeds", "1", "--evals", "1", "--out", str(tmp_path)])
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    masks = _masks_by_frame(own_download)
+    assert record["images"] == len(masks) == 60
+    rows = record["rows"]
+    empty_share = np.mean([not m.any() for m in masks.values()])
+    assert rows[0]["dice"] == pytest.approx(empty_share)
+    assert [r["row"] for r in rows[2:]] == [p.name for p in quality.PIECES]
+    assert all(0.0 <= r["dice"] <= 1.0 for r in rows)
+    tuned = [r for r in rows if r["row"] == "tuned post-processing"][0]
+    assert len(tuned["postprocess"]) == 2  # tuned once per outer fold, on its own training subjects

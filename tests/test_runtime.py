@@ -135,3 +135,13 @@ def test_accelerator_hosts_get_no_cpu_start_up_work(platform, monkeypatch):
     on_cpu = {"JAX_PLATFORMS": "cpu"}
     runtime.reexec_with_huge_pages(on_cpu)
     assert restarts == [on_cpu]  # The same call does restart on the CPU backend.
+
+
+def test_one_process_decides_alone():
+    from nerve_jax.errors import UserError
+    from nerve_jax.runtime import distributed
+
+    assert distributed.any_process(True, False, False) == (True, False, False)
+    distributed.all_agree(True, "unused")
+    with pytest.raises(UserError, match="the dataset is missing"):
+        distributed.all_agree(False, "the dataset is missing")

@@ -48,6 +48,8 @@ from nerve_jax.submit import rle
 TRUTH_FILE = "synthetic_truth.json"
 TEST_MASKS_FILE = "synthetic_test_masks.csv"
 DEFAULT_NERVE_CONTRAST = 1.0
+# Raised whenever the frames a seed gives change, so caches keyed on it are not reused.
+GENERATOR_VERSION = 2
 
 MARGIN = 28  # canvas border for probe motion (px); the trajectory stays within it
 CANVAS_SHAPE = (HEIGHT + 2 * MARGIN, WIDTH + 2 * MARGIN)

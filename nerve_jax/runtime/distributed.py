@@ -192,23 +192,35 @@ def process_zero_says(flag: bool) -> bool:
     return bool(multihost_utils.broadcast_one_to_all(np.array(flag)))
 
 
+def any_process(*flags: bool) -> tuple[bool, ...]:
+    """Each flag true on any process: every process takes the same decision at the same step,
+    with one collective for all the flags when there are several processes."""
+    return tuple(bool(v) for v in _gathered(flags).any(axis=0))
+
+
+def _gathered(flags):
+    """[processes, len(flags)] bool array: every process's flags."""
+    import jax
+    import numpy as np
+
+    if jax.process_count() == 1:
+        return np.array([flags], bool)
+    from jax.experimental import multihost_utils
+
+    gathered = multihost_utils.process_allgather(np.array(flags, bool))
+    return np.asarray(gathered).reshape(-1, len(flags))
+
+
 def all_agree(ok: bool, message: str) -> None:
     """UserError on every process when `ok` is False on any; `message` is the failing
     processes' own, the others name the failing processes."""
-    import jax
-
-    if jax.process_count() == 1:
-        if not ok:
-            raise UserError(message)
-        return
     import numpy as np
-    from jax.experimental import multihost_utils
 
-    flags = np.asarray(multihost_utils.process_allgather(np.array(ok))).reshape(-1)
+    oks = _gathered((ok,))[:, 0]
     if not ok:
         raise UserError(message)
-    if not flags.all():
-        failing = [int(i) for i in np.nonzero(~flags)[0]]
+    if not oks.all():
+        failing = [int(i) for i in np.nonzero(~oks)[0]]
         raise UserError(f"process(es) {failing} failed (see their output); all stop")
 
 
