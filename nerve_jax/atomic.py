@@ -1,10 +1,13 @@
-"""Atomic file output: write to a temporary file beside the target, then rename."""
+"""Atomic file output: write to a temporary file beside the target, then rename (on object
+storage: one upload when the block ends, see fileio)."""
 
 import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
 from typing import IO
+
+from nerve_jax import fileio
 
 
 def _process_umask() -> int:
@@ -22,9 +25,14 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
     """Opens a temporary file next to `path`; renames it onto `path` only on success.
 
     On any exception the temporary file is removed and `path` is left as it was,
-    so no half-written file ever looks finished.
+    so no half-written file ever looks finished. A remote `path` (gs://...) is uploaded as one
+    object when the block ends without an exception.
     """
     path = os.fspath(path)
+    if fileio.is_remote(path):
+        with fileio.remote_upload(path, mode, **kwargs) as f:
+            yield f
+        return
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp_path = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".")

@@ -6,13 +6,12 @@ read (a truncated file) is skipped by `restore_latest`, which says so and falls 
 before; it never starts again from step 0 while checkpoints exist.
 """
 
-import os
 from typing import Any
 
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from nerve_jax import runtime
+from nerve_jax import fileio, runtime
 from nerve_jax.errors import UserError
 
 BEST_METRIC = "val_dice"
@@ -36,7 +35,7 @@ def manager(workdir: str, keep_latest: int = 2, read_only: bool = False,
         create=not read_only,
         enable_async_checkpointing=asynchronous,
     )
-    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+    return ocp.CheckpointManager(fileio.join(fileio.absolute(workdir), "checkpoints"),
                                  options=options)
 
 

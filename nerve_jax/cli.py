@@ -5,7 +5,7 @@ import os
 import sys
 import traceback
 
-from nerve_jax import runtime
+from nerve_jax import fileio, runtime
 from nerve_jax.errors import TrainingDiverged, UserError
 from nerve_jax.runtime import distributed
 
@@ -66,7 +66,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         print(f"{tfds_builder.NAME} {name}: {split.num_examples} examples")
     print(f"TFDS data: {builder.data_dir}")
     if args.tfds_data_dir:
-        print(f"train with --config.tfds_data_dir={os.path.abspath(data_dir)}")
+        print(f"train with --config.tfds_data_dir={fileio.absolute(data_dir)}")
     return 0
 
 
@@ -76,7 +76,7 @@ def _cmd_eda(args: argparse.Namespace) -> int:
     stats = eda.write_report(args.kaggle_dir, args.out, workers=args.workers,
                              duplicate_threshold=args.duplicate_threshold,
                              progress=not args.quiet)
-    print(f"report: {os.path.join(os.path.abspath(args.out), 'index.html')}")
+    print(f"report: {fileio.join(fileio.absolute(args.out), 'index.html')}")
     print(f"{stats['contradictory_pairs']['count']} contradictory near-duplicate pairs")
     return 0
 
@@ -91,7 +91,7 @@ def _cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     if result.status == "interrupted":
         return 0  # The loop said which step it saved.
     if result.status == "already_early_stopped" and distributed.process_zero_says(
-            os.path.isfile(os.path.join(args.workdir, inference.HELDOUT_FILE))):
+            fileio.isfile(fileio.join(args.workdir, inference.HELDOUT_FILE))):
         return 0
     heldout = inference.write_heldout_predictions(args.workdir)
     if not _is_main_process():
@@ -128,9 +128,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if result["postprocess_tuned_on_these_frames"]:
         print("  note: the post-processing was tuned on these frames, so the score is "
               "optimistic; `nerve-jax tune` prints a leave-one-fold-out estimate")
-    print(f"results: {os.path.join(os.path.abspath(args.workdir), inference.EVAL_FILE)}")
+    print(f"results: {fileio.join(fileio.absolute(args.workdir), inference.EVAL_FILE)}")
     print(f"held-out predictions: {result['heldout_predictions']}")
-    print(f"overlay: {os.path.abspath(result['overlay'])}")
+    print(f"overlay: {fileio.absolute(result['overlay'])}")
     return 0
 
 

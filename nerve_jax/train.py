@@ -9,8 +9,6 @@ axis named. The model, loss, metrics and batch transform come from the config by
 import dataclasses
 import functools
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -25,7 +23,7 @@ from flax.training import train_state
 from jax import lax
 from tqdm import tqdm
 
-from nerve_jax import checkpoint, config_util, losses, metrics, parallel, registry, runtime
+from nerve_jax import checkpoint, config_util, fileio, losses, metrics, parallel, registry, runtime
 from nerve_jax.atomic import atomic_open
 from nerve_jax.data import pipeline, tfds_builder
 from nerve_jax.errors import TrainingDiverged, UserError
@@ -327,7 +325,7 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str):
     tfds_builder.data_dir says unless it is there already; by process 0 only, which alone
     needs config.kaggle_dir, when there are several."""
     def prepare():
-        if not os.path.isdir(config.kaggle_dir):
+        if not fileio.isdir(config.kaggle_dir):
             raise UserError(f"{config.kaggle_dir or '(empty)'}: config.kaggle_dir folder not "
                             "found")
         return tfds_builder.prepare(config.kaggle_dir, data_dir)
@@ -350,18 +348,17 @@ def evaluate_subjects(evaluate, state, builder, config, subjects) -> dict:
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    with atomic_open(os.path.join(workdir, CONFIG_FILE)) as f:
+    with atomic_open(fileio.join(workdir, CONFIG_FILE)) as f:
         f.write(config.to_json(indent=2))
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.isfile(path):
+    path = fileio.join(workdir, CONFIG_FILE)
+    if not fileio.isfile(path):
         raise UserError(f"{workdir}: no {CONFIG_FILE}; is this a workdir written by "
                         "`nerve-jax train`?")
     try:
-        with open(path) as f:
-            saved = json.load(f)
+        saved = json.loads(fileio.read_text(path))
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: unreadable config ({e})") from None
     # Devices are checked where batches are run: a workdir may be read on another machine.
@@ -374,8 +371,8 @@ class MetricLog:
     def __init__(self, workdir: str, enabled: bool):
         self.enabled = enabled
         if enabled:
-            self.writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
-            self.path = os.path.join(workdir, "metrics.jsonl")
+            self.writer = tf.summary.create_file_writer(fileio.join(workdir, "tensorboard"))
+            self.path = fileio.join(workdir, "metrics.jsonl")
 
     def write(self, step: int, scalars: dict) -> None:
         if not self.enabled:
@@ -384,8 +381,7 @@ class MetricLog:
             for name, value in scalars.items():
                 tf.summary.scalar(name, value, step=step)
         self.writer.flush()
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **scalars}) + "\n")
+        fileio.append_text(self.path, json.dumps({"step": step, **scalars}) + "\n")
 
 
 def num_train_steps(config: ml_collections.ConfigDict, num_train_frames: int) -> int:
@@ -441,20 +437,14 @@ EARLY_STOP_FILE = "early_stopped.json"
 
 def check_workdir(workdir: str) -> None:
     """UserError before any work unless `workdir` can be created and written."""
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=workdir):
-            pass
-    except OSError as e:
-        raise UserError(f"{workdir}: the workdir cannot be written ({e})") from None
+    fileio.check_writable(workdir, "the workdir")
 
 
 def _read_early_stop(workdir: str) -> dict | None:
-    path = os.path.join(workdir, EARLY_STOP_FILE)
-    if not os.path.isfile(path):
+    path = fileio.join(workdir, EARLY_STOP_FILE)
+    if not fileio.isfile(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(fileio.read_text(path))
 
 
 def already_early_stopped(workdir: str, config, total_steps: int) -> dict | None:
@@ -467,7 +457,7 @@ def already_early_stopped(workdir: str, config, total_steps: int) -> dict | None
     raised = patience == 0 or patience > record["patience"] or total_steps > record["total_steps"]
     if raised:
         if jax.process_index() == 0:  # Its writer; the other processes may share the folder.
-            os.remove(os.path.join(workdir, EARLY_STOP_FILE))
+            fileio.remove(fileio.join(workdir, EARLY_STOP_FILE))
         return None
     return record
 
@@ -620,7 +610,7 @@ def _early_stop(workdir, step, best, patience, total_steps, log, progress) -> No
     log.write(step, {"early_stopped": 1.0})
     if jax.process_index() == 0:
         progress.write(message)
-        with atomic_open(os.path.join(workdir, EARLY_STOP_FILE)) as f:
+        with atomic_open(fileio.join(workdir, EARLY_STOP_FILE)) as f:
             json.dump({"step": step, "best_step": best.step, "best_dice": best.dice,
                        "patience": patience, "total_steps": total_steps}, f)
 

@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from scipy import ndimage
 from tqdm import tqdm
 
+from nerve_jax import fileio
 from nerve_jax.atomic import atomic_open
 from nerve_jax.data import duplicates, kaggle
 from nerve_jax.errors import DataError
@@ -687,7 +688,7 @@ def write_report(kaggle_dir: str, out_dir: str, *, duplicate_threshold: float | 
     stats = compute_stats(scan, test, contradictory, threshold)
     summarised = time.perf_counter()
 
-    os.makedirs(out_dir, exist_ok=True)
+    fileio.makedirs(out_dir)
     stats["figures"] = write_figures(out_dir, pairs, scan, test, contradictory, threshold,
                                      stats, max_samples)
     done = time.perf_counter()
@@ -700,11 +701,11 @@ def write_report(kaggle_dir: str, out_dir: str, *, duplicate_threshold: float | 
         "check_and_summarise_ms_per_frame": round(1000 * (summarised - start) / max(1, frames),
                                                   3),
     }
-    stats["kaggle_dir"] = os.path.abspath(kaggle_dir)
-    with atomic_open(os.path.join(out_dir, "stats.json")) as f:
+    stats["kaggle_dir"] = fileio.absolute(kaggle_dir)
+    with atomic_open(fileio.join(out_dir, "stats.json")) as f:
         json.dump(stats, f, indent=1, allow_nan=False)
         f.write("\n")
-    with atomic_open(os.path.join(out_dir, "index.html"), encoding="utf-8") as f:
+    with atomic_open(fileio.join(out_dir, "index.html"), encoding="utf-8") as f:
         f.write(render_html(stats, kaggle_dir))
     return stats
 
@@ -734,5 +735,5 @@ def write_figures(out_dir: str, pairs: Sequence[kaggle.TrainPair], scan: TrainSc
         figures[TEST_PNG] = test_vs_train_figure(scan.hist_inside + scan.hist_outside,
                                                   test.hist, scan.mean_grey, test.mean_grey)
     for name, fig in figures.items():
-        save_png(fig, os.path.join(out_dir, name))
+        save_png(fig, fileio.join(out_dir, name))
     return list(figures)

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from nerve_jax import fileio
 from nerve_jax.errors import DataError, Problem
 
 HEIGHT, WIDTH = 420, 580
@@ -59,7 +60,7 @@ def _split_ref(ref: str) -> tuple[str, str] | None:
 def _open_zip(archive: str) -> zipfile.ZipFile:
     # Kept open for the process: ZipFile serialises reads of its file, so threads may share it.
     try:
-        return zipfile.ZipFile(archive)
+        return zipfile.ZipFile(fileio.open(archive, "rb"))
     except (OSError, zipfile.BadZipFile) as e:
         raise DataError(f"{archive}: not a readable zip archive ({e})") from None
 
@@ -69,8 +70,7 @@ def read_bytes(ref: str | os.PathLike) -> bytes:
     try:
         if parts := _split_ref(os.fspath(ref)):
             return _open_zip(parts[0]).read(parts[1])
-        with open(ref, "rb") as f:
-            return f.read()
+        return fileio.read_bytes(ref)
     except FileNotFoundError:
         raise DataError(f"{ref}: file not found") from None
     except KeyError:
@@ -118,22 +118,22 @@ def write_tiff(path: str | os.PathLike, array: np.ndarray) -> None:
 
 def locate(kaggle_dir: str, part: str) -> str | None:
     """`<kaggle_dir>/<part>/` if it is a folder, else `<kaggle_dir>/<part>.zip`, else None."""
-    folder = os.path.join(kaggle_dir, part)
-    if os.path.isdir(folder):
+    folder = fileio.join(kaggle_dir, part)
+    if fileio.isdir(folder):
         return folder
     archive = folder + ".zip"
-    return archive if os.path.isfile(archive) else None
+    return archive if fileio.isfile(archive) else None
 
 
 def list_files(source: str) -> list[tuple[str, str]]:
     """[(file name, ref)] of the .tif/.tiff files in a folder or a zip (top level or one
     folder deep, as Kaggle's `train.zip` holds `train/...`), sorted by ref."""
-    if source.lower().endswith(".zip") and os.path.isfile(source):
+    if source.lower().endswith(".zip") and fileio.isfile(source):
         members = [m for m in _open_zip(source).namelist()
                    if not m.endswith("/") and m.count("/") <= 1 and not m.startswith("__MACOSX")]
         files = [(posixpath.basename(m), member_ref(source, m)) for m in members]
     else:
-        files = [(name, os.path.join(source, name)) for name in os.listdir(source)]
+        files = [(name, fileio.join(source, name)) for name in fileio.listdir(source)]
     return sorted(((n, r) for n, r in files if n.lower().endswith((".tif", ".tiff"))),
                   key=lambda item: item[1])
 
@@ -152,7 +152,7 @@ def fingerprint(kaggle_dir: str) -> str:
 def _file_size(ref: str) -> int:
     if parts := _split_ref(ref):
         return _open_zip(parts[0]).getinfo(parts[1]).file_size
-    return os.path.getsize(ref)
+    return fileio.getsize(ref)
 
 
 # --- What the download holds ------------------------------------------------------------------
@@ -298,9 +298,9 @@ def _check_files(jobs: list[tuple], workers: int, progress: Callable | None = No
 def _csv_rows(path: str, header: Sequence[str]) -> tuple[list[tuple[int, list[str]]],
                                                           list[Problem]]:
     """[(line number, fields)] after a checked header; problems for bad header or widths."""
-    with open(path, newline="") as f:
+    with fileio.open(path, newline="") as f:
         rows = list(csv.reader(f))
-    name = os.path.basename(path)
+    name = fileio.basename(path)
     if not rows or [c.strip() for c in rows[0]] != list(header):
         found = ",".join(rows[0]) if rows else "an empty file"
         return [], [Problem("csv", f"{path}: header must be {','.join(header)}, got {found!r}")]
@@ -323,7 +323,7 @@ def read_train_masks_csv(path: str) -> tuple[dict[tuple[int, int], tuple[int, st
                                              list[Problem]]:
     """{(subject, frame): (line, RLE)} from train_masks.csv, and its problems."""
     rows, problems = _csv_rows(path, ("subject", "img", "pixels"))
-    name = os.path.basename(path)
+    name = fileio.basename(path)
     found = {}
     for line, (subject, frame, pixels) in rows:
         key = (_whole_number(subject), _whole_number(frame))
@@ -340,7 +340,7 @@ def read_train_masks_csv(path: str) -> tuple[dict[tuple[int, int], tuple[int, st
 
 def check_train_rows(rows: dict, pairs: list[TrainPair], csv_path: str) -> list[Problem]:
     """Rows missing for a training pair, and rows naming a frame that is not there."""
-    name = os.path.basename(csv_path)
+    name = fileio.basename(csv_path)
     keys = {(p.subject, p.frame) for p in pairs}
     problems = [Problem("csv", f"{p.image_path}: no row in {name}")
                 for p in pairs if (p.subject, p.frame) not in rows]
@@ -353,7 +353,7 @@ def check_train_rows(rows: dict, pairs: list[TrainPair], csv_path: str) -> list[
 def check_sample_submission(path: str, tests: list[TestImage]) -> list[Problem]:
     """sample_submission.csv must list each test id once, and only those."""
     rows, problems = _csv_rows(path, ("img", "pixels"))
-    name = os.path.basename(path)
+    name = fileio.basename(path)
     seen = {}
     for line, (img, _) in rows:
         image_id = _whole_number(img)
@@ -422,12 +422,12 @@ def inspect(kaggle_dir: str, *, with_test: bool = True, workers: int = 0,
     is None when the training data could not be listed. With `decode` False the TIFFs are
     left for the caller, who checks each as it reads it (`Download.read_pair`, `read_checked`).
     """
-    if not os.path.isdir(kaggle_dir):
+    if not fileio.isdir(kaggle_dir):
         return None, [Problem("missing", f"{kaggle_dir}: Kaggle data folder not found")]
     train = locate(kaggle_dir, "train")
     test = locate(kaggle_dir, "test") if with_test else None
     if train is None:
-        return None, [Problem("missing", f"{os.path.join(kaggle_dir, 'train')}: training "
+        return None, [Problem("missing", f"{fileio.join(kaggle_dir, 'train')}: training "
                                          "folder not found (nor train.zip)")]
     try:
         pairs, problems = pair_train_files(train)
@@ -441,10 +441,10 @@ def inspect(kaggle_dir: str, *, with_test: bool = True, workers: int = 0,
         problems.append(Problem("missing", f"{test}: no <id>.tif images found"))
 
     rows = None
-    if os.path.isfile(csv_path := os.path.join(kaggle_dir, TRAIN_MASKS_CSV)):
+    if fileio.isfile(csv_path := fileio.join(kaggle_dir, TRAIN_MASKS_CSV)):
         rows, found = read_train_masks_csv(csv_path)
         problems += found + check_train_rows(rows, pairs, csv_path)
-    if tests and os.path.isfile(csv_path := os.path.join(kaggle_dir, SAMPLE_SUBMISSION_CSV)):
+    if tests and fileio.isfile(csv_path := fileio.join(kaggle_dir, SAMPLE_SUBMISSION_CSV)):
         problems += check_sample_submission(csv_path, tests)
     if decode:
         jobs = _train_jobs(pairs, rows) + [(t.path, False) for t in tests]
@@ -470,8 +470,8 @@ def scan_train(kaggle_dir: str, workers: int = 0) -> list[TrainPair]:
 def scan_test(source: str, workers: int = 0) -> list[TestImage]:
     """The checked `<id>.tif` test images of a folder or zip, sorted by id; raises DataError
     listing every problem."""
-    if not (os.path.isdir(source) or (source.lower().endswith(".zip")
-                                      and os.path.isfile(source))):
+    if not (fileio.isdir(source) or (source.lower().endswith(".zip")
+                                         and fileio.isfile(source))):
         raise DataError(f"{source}: test folder not found")
     images, problems = list_test_files(source)
     if not images and not problems:

@@ -28,7 +28,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from tqdm import tqdm
 
-from nerve_jax import runtime
+from nerve_jax import fileio, runtime
 from nerve_jax.data import kaggle
 from nerve_jax.errors import DataError, UserError
 from nerve_jax.runtime import distributed
@@ -141,7 +141,7 @@ class UltrasoundNerve(tfds.core.GeneratorBasedBuilder):
         download, problems = kaggle.inspect(kaggle_dir, decode=False)
         if problems:
             kaggle.check_download(kaggle_dir)  # Raises, listing the TIFFs' problems too.
-        self.info.metadata[SOURCE_KEY] = {"kaggle_dir": os.path.abspath(kaggle_dir),
+        self.info.metadata[SOURCE_KEY] = {"kaggle_dir": fileio.absolute(kaggle_dir),
                                           "fingerprint": kaggle.fingerprint(kaggle_dir)}
         checked = _CheckedExamples(kaggle_dir, len(download.pairs) + len(download.tests),
                                    progress=getattr(self, "show_progress", True))
@@ -192,8 +192,8 @@ def data_dir(configured: str = "", workdir: str | None = None) -> str:
     """
     if configured:
         return configured
-    if workdir is not None and os.path.isdir(legacy := os.path.join(workdir, "tfds", NAME)):
-        return os.path.dirname(legacy)
+    if workdir is not None and fileio.isdir(fileio.join(workdir, "tfds", NAME)):
+        return fileio.join(workdir, "tfds")
     return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
 
 
@@ -205,7 +205,7 @@ def prepare(kaggle_dir: str, data_dir: str, progress: bool = True) -> Ultrasound
         _check_source(builder, kaggle_dir)
         return builder
     builder.show_progress = progress
-    config = tfds.download.DownloadConfig(manual_dir=os.path.abspath(kaggle_dir))
+    config = tfds.download.DownloadConfig(manual_dir=fileio.absolute(kaggle_dir))
     with _without_tfds_bars(not runtime.verbose()):
         builder.download_and_prepare(download_config=config)
     return builder

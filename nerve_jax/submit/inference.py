@@ -3,8 +3,8 @@ predicting test images with test-time augmentation, fold ensembles and post-proc
 
 import dataclasses
 import functools
+import io
 import json
-import os
 import zipfile
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
@@ -18,7 +18,7 @@ from jax.sharding import PartitionSpec as P
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from nerve_jax import checkpoint, metrics, parallel, runtime, train
+from nerve_jax import checkpoint, fileio, metrics, parallel, runtime, train
 from nerve_jax.atomic import atomic_open
 from nerve_jax.data import kaggle, pipeline
 from nerve_jax.errors import UserError
@@ -100,7 +100,7 @@ class HeldOut(NamedTuple):
 
 
 def save_heldout(workdir: str, heldout: HeldOut) -> str:
-    path = os.path.join(workdir, HELDOUT_FILE)
+    path = fileio.join(workdir, HELDOUT_FILE)
     with atomic_open(path, "wb") as f:
         np.savez_compressed(f, names=heldout.names, subjects=heldout.subjects,
                             logits=heldout.logits, presence=heldout.presence,
@@ -111,12 +111,12 @@ def save_heldout(workdir: str, heldout: HeldOut) -> str:
 
 def load_heldout(workdir: str) -> HeldOut:
     """workdir/heldout_predictions.npz; UserError naming the file if missing or unreadable."""
-    path = os.path.join(workdir, HELDOUT_FILE)
-    if not os.path.isfile(path):
+    path = fileio.join(workdir, HELDOUT_FILE)
+    if not fileio.isfile(path):
         raise UserError(f"{path}: no held-out predictions; `nerve-jax train` writes them when "
                         f"it ends, `nerve-jax evaluate --workdir {workdir}` rewrites them")
     try:
-        with np.load(path) as f:
+        with np.load(io.BytesIO(fileio.read_bytes(path))) as f:
             heldout = HeldOut(f["names"], f["subjects"], f["logits"], f["presence"],
                               int(f["step"]), str(f["tta"]), f["val_subjects"].tolist())
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
@@ -138,7 +138,7 @@ def postprocess_settings(workdir: str,
         return (postprocess.Settings.from_config(config),
                 f"config values (no {postprocess.POSTPROCESS_FILE} in {workdir})", {})
     settings, report = loaded
-    return settings, os.path.join(workdir, postprocess.POSTPROCESS_FILE), report
+    return settings, fileio.join(workdir, postprocess.POSTPROCESS_FILE), report
 
 
 def validation_pass(workdir: str, config: ml_collections.ConfigDict, state: train.TrainState,
@@ -216,14 +216,14 @@ def evaluate(workdir: str, tta: str | None = None) -> dict:
         # estimate from folds it did not tune on.
         "postprocess_tuned_on_these_frames": bool(tuned_on & set(scores["val_subjects"])),
         "heldout_predictions": scores["heldout"],
-        "data": os.path.abspath(config.kaggle_dir),
+        "data": fileio.absolute(config.kaggle_dir),
         "metric": "Kaggle Dice, per image at 420x580, empty vs empty = 1",
     }
     if jax.process_index() == 0:
-        with atomic_open(os.path.join(workdir, EVAL_FILE)) as f:
+        with atomic_open(fileio.join(workdir, EVAL_FILE)) as f:
             json.dump(result, f, indent=2)
         result["overlay"] = save_overlay(config, state, scores["val_subjects"],
-                                         os.path.join(workdir, OVERLAY_FILE), settings, tta)
+                                         fileio.join(workdir, OVERLAY_FILE), settings, tta)
     return result
 
 
@@ -380,7 +380,7 @@ def predict(workdirs: Sequence[str] | str, out_path: str, test_dir: str | None =
     # Tune over all the folds writes one choice into each; say so where they disagree.
     disagreeing = sorted({w for w in seg.workdirs[1:]
                           if (loaded := postprocess.load(w)) and loaded[0] != seg.settings})
-    test_dir = test_dir or kaggle.locate(first_config.kaggle_dir, "test") or os.path.join(
+    test_dir = test_dir or kaggle.locate(first_config.kaggle_dir, "test") or fileio.join(
         first_config.kaggle_dir, "test")
     images = kaggle.scan_test(test_dir)
     # Every model reads the test images at its own size, in the same order and batches.
@@ -396,7 +396,7 @@ def predict(workdirs: Sequence[str] | str, out_path: str, test_dir: str | None =
     if jax.process_index() == 0:
         submission.write(out_path, list(rles), list(rles.values()))
     tuned_tta = seg.report.get("tuned_on", {}).get("tta")
-    return {"submission": os.path.abspath(out_path), "images": len(rles),
+    return {"submission": fileio.absolute(out_path), "images": len(rles),
             "non_empty": sum(bool(r) for r in rles.values()),
             "models": [{"workdir": w, "step": int(step), "tta": t}
                        for w, (_, _, step), t in zip(seg.workdirs, seg.models, seg.ttas,

@@ -15,7 +15,6 @@ little more than its nerve.
 
 import dataclasses
 import json
-import os
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
@@ -26,6 +25,7 @@ import numpy as np
 from scipy import ndimage
 from skimage import draw, measure
 
+from nerve_jax import fileio
 from nerve_jax.atomic import atomic_open
 from nerve_jax.data import kaggle
 from nerve_jax.errors import UserError
@@ -299,7 +299,7 @@ def apply_batch(probs: np.ndarray, presence: np.ndarray, settings: Settings) -> 
 
 def save(workdir: str, settings: Settings, report: dict) -> str:
     """Writes workdir/postprocess.json (atomically): the settings and how they were chosen."""
-    path = os.path.join(workdir, POSTPROCESS_FILE)
+    path = fileio.join(workdir, POSTPROCESS_FILE)
     with atomic_open(path) as f:
         json.dump({"settings": dataclasses.asdict(settings), **report}, f, indent=2)
     return path
@@ -307,12 +307,11 @@ def save(workdir: str, settings: Settings, report: dict) -> str:
 
 def load(workdir: str) -> tuple[Settings, dict] | None:
     """(settings, the rest of the file) from workdir/postprocess.json, or None without one."""
-    path = os.path.join(workdir, POSTPROCESS_FILE)
-    if not os.path.isfile(path):
+    path = fileio.join(workdir, POSTPROCESS_FILE)
+    if not fileio.isfile(path):
         return None
     try:
-        with open(path) as f:
-            content = json.load(f)
+        content = json.loads(fileio.read_text(path))
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: unreadable post-processing file ({e}); rerun "
                         "`nerve-jax tune` or delete it") from None

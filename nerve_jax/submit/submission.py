@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from nerve_jax import fileio
 from nerve_jax.atomic import atomic_open
 from nerve_jax.submit.rle import encode, parse_runs
 
@@ -103,8 +104,7 @@ def _read_text(path: str | os.PathLike) -> tuple[str | None, list[Problem]]:
     file is still checked.
     """
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = fileio.read_bytes(path)
     except FileNotFoundError:
         return None, [Problem(None, f"{os.fspath(path)}: file not found")]
     except OSError as e:

@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import functools
 import multiprocessing
-import os
 import time
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
@@ -32,7 +31,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
-from nerve_jax import runtime, train
+from nerve_jax import fileio, runtime, train
 from nerve_jax.data import pipeline
 from nerve_jax.errors import UserError
 from nerve_jax.submit import inference, postprocess
@@ -343,7 +342,7 @@ def tune(workdirs: Sequence[str], grid: Grid = Grid(), write: bool = True,
                                                                             strict=True)]
     report = {
         "metric": METRIC,
-        "tuned_on": {"workdirs": [os.path.abspath(w) for w in workdirs],
+        "tuned_on": {"workdirs": [fileio.absolute(w) for w in workdirs],
                      "frames": pooled.frames,
                      "subjects": sorted(s for f in folds for s in f.heldout.val_subjects),
                      "tta": sorted({f.heldout.tta for f in folds}),
