@@ -35,6 +35,9 @@ TENSORFLOW_START_UP_LINES = (
     "oneDNN custom operations are on",
     "This TensorFlow binary is optimized to use available CPU instructions",
     "To enable the following instructions:",
+    # The tensorflow wheel (CUDA-capable) on a machine without NVIDIA drivers:
+    "Could not find cuda drivers on your machine",
+    "failed call to cuInit",
 )
 
 _verbose = False
@@ -136,8 +139,9 @@ def start_tensorflow():
     quiet = "tensorflow" not in sys.modules and not _verbose
     with _stderr_without(TENSORFLOW_START_UP_LINES) if quiet else contextlib.nullcontext():
         import tensorflow as tf
-    tf.config.set_visible_devices([], "GPU")
-    tf.config.set_visible_devices([], "TPU")
+
+        tf.config.set_visible_devices([], "GPU")  # Looks for GPUs: CUDA start-up lines.
+        tf.config.set_visible_devices([], "TPU")
     return tf
 
 
