@@ -137,6 +137,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from nerve_jax.submit import inference
 
+    fileio.check_writable(fileio.dirname(args.out) or ".", "the folder of --out")
     result = inference.predict(args.workdir, args.out, args.test_dir, args.tta, args.batch_size)
     if not _is_main_process():
         return 0

@@ -2,8 +2,8 @@
 
 Every path a user gives (workdir, tfds_data_dir, kaggle_dir and the zips in it, predict --out)
 goes through these functions. Local paths use the operating system directly; remote ones go
-through `etils.epath`, the layer TFDS and orbax use themselves (for `gs://`, TensorFlow's GCS
-file system), so one set of credentials and settings serves the whole program.
+through `etils.epath` and its TensorFlow backend (`tf.io.gfile`), the layer TFDS and orbax use
+themselves, so one set of credentials and settings serves the whole program.
 
 Atomic writes (`atomic.atomic_open`) stay atomic: locally by rename, remotely because the
 content is uploaded as one object when the block ends, and an object store shows an object
@@ -98,7 +98,9 @@ def remove(path: str | os.PathLike) -> None:
 
 
 def open(path: str | os.PathLike, mode: str = "r", **kwargs) -> IO:  # noqa: A001
-    """The built-in open for local paths; epath's (seekable for reading) for remote ones."""
+    """The built-in open for local paths; for remote ones, TensorFlow's GFile (the file object
+    behind epath's own `open`, returned itself so that it can stay open: seekable for reading,
+    as zip archives need)."""
     if not is_remote(path):
         import builtins
 
@@ -107,7 +109,9 @@ def open(path: str | os.PathLike, mode: str = "r", **kwargs) -> IO:  # noqa: A00
         raise ValueError(f"{path}: object storage has no append; use append_text")
     if "r" in mode and not _epath(path).is_file():
         raise FileNotFoundError(f"{path}: file not found")
-    return _epath(path).open(mode, **{k: v for k, v in kwargs.items() if k != "newline"})
+    import tensorflow as tf
+
+    return tf.io.gfile.GFile(os.fspath(path), mode)
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
@@ -155,12 +159,58 @@ def remote_hint(path: str | os.PathLike) -> str:
             "`google.colab.auth.authenticate_user()`)")
 
 
+def _bucket(path: str | os.PathLike) -> str:
+    scheme, rest = os.fspath(path).split("://", 1)
+    return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
+
+
+def check_bucket(path: str | os.PathLike, what: str) -> None:
+    """For a remote path, UserError unless its bucket can be reached: checked first, because
+    TensorFlow's GCS file system retries without end when creating folders in a bucket that
+    does not exist."""
+    from nerve_jax.errors import UserError
+
+    if not is_remote(path):
+        return
+    bucket = _bucket(path)
+    try:
+        found = _epath(bucket).exists()
+    except Exception as e:  # tf.errors.* (no credentials, no network), OSError
+        raise UserError(f"{path}: {what} cannot be reached ({_reason(e)}){remote_hint(path)}") \
+            from None
+    if not found:
+        raise UserError(f"{path}: {what}: no bucket {bucket} (or no access to it)"
+                        f"{remote_hint(path)}")
+
+
+def check_folder(path: str | os.PathLike, what: str) -> None:
+    """UserError naming `path` unless it is a folder that can be read."""
+    from nerve_jax.errors import UserError
+
+    check_bucket(path, what)
+    try:
+        found = isdir(path)
+    except Exception as e:
+        if not is_remote(path) and not isinstance(e, OSError):
+            raise
+        raise UserError(f"{path}: {what} cannot be read ({_reason(e)}){remote_hint(path)}") \
+            from None
+    if not found:
+        raise UserError(f"{path or '(empty)'}: {what} not found")
+
+
 def check_writable(path: str | os.PathLike, what: str) -> None:
     """UserError naming `path` unless the folder can be created and written to."""
     import tempfile
 
     from nerve_jax.errors import UserError
 
+    check_bucket(path, what)
     try:
         makedirs(path)
         if is_remote(path):
@@ -174,6 +224,5 @@ def check_writable(path: str | os.PathLike, what: str) -> None:
     except Exception as e:  # Remote file systems raise their own types (tf.errors, ...).
         if not is_remote(path) and not isinstance(e, OSError):
             raise
-        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: {what} cannot be written ({reason}){remote_hint(path)}") \
+        raise UserError(f"{path}: {what} cannot be written ({_reason(e)}){remote_hint(path)}") \
             from None

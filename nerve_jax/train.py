@@ -325,9 +325,7 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str):
     tfds_builder.data_dir says unless it is there already; by process 0 only, which alone
     needs config.kaggle_dir, when there are several."""
     def prepare():
-        if not fileio.isdir(config.kaggle_dir):
-            raise UserError(f"{config.kaggle_dir or '(empty)'}: config.kaggle_dir folder not "
-                            "found")
+        fileio.check_folder(config.kaggle_dir, "config.kaggle_dir folder")
         return tfds_builder.prepare(config.kaggle_dir, data_dir)
 
     data_dir = tfds_builder.data_dir(config.tfds_data_dir, workdir)

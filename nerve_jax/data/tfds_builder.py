@@ -200,6 +200,7 @@ def data_dir(configured: str = "", workdir: str | None = None) -> str:
 def prepare(kaggle_dir: str, data_dir: str, progress: bool = True) -> UltrasoundNerve:
     """Builds the dataset from `kaggle_dir` into `data_dir` unless it is there already; one
     built from other files is refused (UserError), never silently used."""
+    fileio.check_bucket(data_dir, "the TFDS data dir")
     builder = UltrasoundNerve(data_dir=data_dir)
     if builder.is_prepared():
         _check_source(builder, kaggle_dir)
