@@ -84,6 +84,7 @@ def test_train_resume_evaluate_tune_predict_in_a_bucket(gcs, tiny_kaggle_dir):
     assert len(rows) == 4
 
 
+@pytest.mark.slow  # Command-line runs against the fake: ~20 s each.
 def test_a_missing_bucket_is_named(gcs, tmp_path):
     result = _cli("train", "--config", TEST_CONFIG, "--workdir", "gs://no-such-bucket/run",
                   f"--config.kaggle_dir={tmp_path}", timeout=120)
@@ -92,6 +93,7 @@ def test_a_missing_bucket_is_named(gcs, tmp_path):
     assert "credentials" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_a_caller_without_credentials_is_told_what_to_do(tmp_path):
     from tests import fake_gcs
 
