@@ -35,6 +35,7 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -142,9 +143,14 @@ class Split(NamedTuple):
     truth: dict[int, str]
 
 
+@functools.lru_cache(maxsize=4)
+def _fingerprint(kaggle_dir: str) -> str:
+    return kaggle.fingerprint(kaggle_dir)  # Lists every file: once per run, not per model.
+
+
 def data_name(args) -> str:
     if args.kaggle_dir:
-        return (f"kaggle_{kaggle.fingerprint(args.kaggle_dir)}_outer{args.outer_folds}"
+        return (f"kaggle_{_fingerprint(args.kaggle_dir)}_outer{args.outer_folds}"
                 f"_seed{args.data_seed}")
     return (f"s{args.subjects}_f{args.frames}_t{args.test}_c{args.contrast:g}"
             f"_r{args.contradictory_rate:g}_seed{args.data_seed}_gen{synthetic.GENERATOR_VERSION}")

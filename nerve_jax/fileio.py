@@ -52,10 +52,6 @@ def absolute(path: str | os.PathLike) -> str:
     return path if is_remote(path) else os.path.abspath(os.path.expanduser(path))
 
 
-def exists(path: str | os.PathLike) -> bool:
-    return _epath(path).exists() if is_remote(path) else os.path.exists(path)
-
-
 def isdir(path: str | os.PathLike) -> bool:
     return _epath(path).is_dir() if is_remote(path) else os.path.isdir(path)
 

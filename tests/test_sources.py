@@ -75,7 +75,7 @@ def test_the_download_is_found_in_its_folder_or_one_below(tiny_kaggle_dir, tmp_p
 def test_auto_falls_back_to_synthetic_data_and_says_why(no_kaggle_token, tmp_path, capsys):
     out = str(tmp_path / "synthetic")
     folder = sources.choose("auto", str(tmp_path / "no_such_drive_folder"), out,
-                            ("--subjects", "2", "--frames", "3", "--test", "2"))
+                            num_subjects=2, frames_per_subject=3, num_test=2)
     assert folder == out and kaggle.locate(out, "train")
     assert "no Kaggle API token: synthetic data" in capsys.readouterr().out
     with pytest.raises(UserError, match="choose auto, kaggle, drive or synthetic"):

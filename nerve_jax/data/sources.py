@@ -83,11 +83,10 @@ def has_kaggle_token() -> bool:
     return config.get_kaggle_credentials() is not None
 
 
-def choose(source: str, drive_path: str, synthetic_out: str,
-           synthetic_args: tuple[str, ...] = ()) -> str:
+def choose(source: str, drive_path: str, synthetic_out: str, **synthetic_sizes: int) -> str:
     """The Kaggle folder for `source`: "kaggle", "drive", "synthetic", or "auto" (the Drive
     folder if it exists, else the competition if a Kaggle token is set up, else synthetic
-    data). Says which it took and why."""
+    data). Says which it took and why. `synthetic_sizes` go to `synthetic.generate`."""
     if source not in ("auto", "kaggle", "drive", "synthetic"):
         raise UserError(f"data source {source!r}: choose auto, kaggle, drive or synthetic")
     if source == "auto":
@@ -104,7 +103,7 @@ def choose(source: str, drive_path: str, synthetic_out: str,
     if source == "kaggle":
         return competition_download()
     if not fileio.isfile(fileio.join(synthetic_out, kaggle.TRAIN_MASKS_CSV)):
-        from nerve_jax import notebook
+        from nerve_jax.data import synthetic
 
-        notebook.cli("synth", "--out", synthetic_out, *synthetic_args)
+        print(synthetic.generate(synthetic_out, **synthetic_sizes))
     return synthetic_out
