@@ -50,10 +50,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from nerve_jax import config_util, metrics, runtime, train  # noqa: E402
+from nerve_jax import config_util, metrics, postprocess, rle, runtime, train  # noqa: E402  # noqa: E402
 from nerve_jax.atomic import atomic_open  # noqa: E402
 from nerve_jax.data import kaggle, pipeline, synthetic, tfds_builder  # noqa: E402
-from nerve_jax.submit import inference, postprocess, rle, tune  # noqa: E402
+from nerve_jax.submit import inference, tune  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_FILE = "results.json"

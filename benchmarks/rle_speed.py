@@ -5,7 +5,7 @@ with area ~ lognormal (median ~7,000 px, 5%-95% ~4,700-10,300), centroid rows ~1
 cols ~267-399, axis ratio ~0.4-0.65, random orientation. Stored as uint8 0/255 like the TIFFs.
 
 Encoders: a per-pixel Python loop (timed on a subset, scaled per mask), the vectorised NumPy
-starter encoder from the Keras U-Net starter kernel, `nerve_jax.submit.rle.encode`, and the JAX
+starter encoder from the Keras U-Net starter kernel, `nerve_jax.rle.encode`, and the JAX
 encoder (jit+vmap over batches; host->device transfer, compute, device->host and string
 formatting timed separately). Each timing is repeated; medians are reported.
 
@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 from skimage.draw import ellipse  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from nerve_jax.submit import rle  # noqa: E402
+from nerve_jax import rle  # noqa: E402
 
 H, W = 420, 580
 
@@ -206,7 +206,7 @@ def main() -> None:
     rows = [
         (f"per-pixel Python loop ({len(subset)} masks)", loop_s),
         ("NumPy starter (transpose + where + diff)", starter_s),
-        ("nerve_jax.submit.rle.encode", ours_s),
+        ("nerve_jax.rle.encode", ours_s),
         (f"JAX jit+vmap, batch {args.batch_size}: total", jax_s["total"]),
         ("  JAX host->device transfer", jax_s["to_device"]),
         ("  JAX compute (after compile)", jax_s["compute"]),

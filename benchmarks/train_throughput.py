@@ -20,10 +20,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from nerve_jax import config_util, parallel, runtime, train  # noqa: E402
+from nerve_jax import config_util, parallel, postprocess, rle, runtime, train  # noqa: E402  # noqa: E402
 from nerve_jax.runtime import xla_flags  # noqa: E402
 from nerve_jax.runtime.host_malloc import TUNABLE  # noqa: E402
-from nerve_jax.submit import postprocess, rle  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -82,7 +82,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.presence_threshold = 0.5  # With model.presence_head.
     # Masks with fewer pixels (at 420x580) are emptied; a false positive zeroes a frame's score.
     config.min_mask_area = 0
-    # Host-side shape steps at 420x580 (nerve_jax/submit/postprocess.py; `nerve-jax tune` searches
+    # Host-side shape steps at 420x580 (nerve_jax/postprocess.py; `nerve-jax tune` searches
     # them with the thresholds above on held-out predictions and writes <workdir>/
     # postprocess.json, which evaluate and predict then use instead of these values).
     config.min_component_area = 0  # Connected components with fewer pixels are dropped.

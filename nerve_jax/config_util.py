@@ -319,8 +319,8 @@ def checked(config: ml_collections.ConfigDict, **kwargs) -> ml_collections.Froze
 def added_fields() -> dict[str, Any]:
     """Fields that earlier versions did not write into a workdir's config.json, with the values
     that keep such a run behaving as it did."""
+    from nerve_jax import postprocess
     from nerve_jax.data import augment
-    from nerve_jax.submit import postprocess
 
     defaults = dataclasses.asdict(postprocess.Settings())
     return {

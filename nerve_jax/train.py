@@ -23,12 +23,21 @@ from flax.training import train_state
 from jax import lax
 from tqdm import tqdm
 
-from nerve_jax import checkpoint, config_util, fileio, losses, metrics, parallel, registry, runtime
+from nerve_jax import (
+    checkpoint,
+    config_util,
+    fileio,
+    losses,
+    metrics,
+    parallel,
+    postprocess,
+    registry,
+    runtime,
+)
 from nerve_jax.atomic import atomic_open
 from nerve_jax.data import pipeline, tfds_builder
 from nerve_jax.errors import TrainingDiverged, UserError
 from nerve_jax.runtime import distributed, interrupts
-from nerve_jax.submit import postprocess
 
 CONFIG_FILE = "config.json"
 

@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 
 import nerve_jax
-from nerve_jax import checkpoint, cli, train
+from nerve_jax import checkpoint, cli, postprocess, train
 from nerve_jax.data import pipeline
 from nerve_jax.errors import UserError
-from nerve_jax.submit import inference, postprocess, tune
+from nerve_jax.submit import inference, tune
 from tests import references
 
 

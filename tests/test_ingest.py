@@ -12,10 +12,9 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 import nerve_jax  # noqa: F401  (registers the builder)
-from nerve_jax import cli
+from nerve_jax import cli, rle
 from nerve_jax.data import kaggle, tfds_builder
 from nerve_jax.errors import DataError
-from nerve_jax.submit import rle
 
 DUMMY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dummy_data", "ultrasound_nerve")
 

@@ -2,8 +2,7 @@ import chex
 import jax.numpy as jnp
 import numpy as np
 
-from nerve_jax import metrics
-from nerve_jax.submit import postprocess
+from nerve_jax import metrics, postprocess
 
 
 def _masks(*pairs):

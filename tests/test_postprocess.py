@@ -10,9 +10,8 @@ import pytest
 from scipy import ndimage
 from skimage import draw, measure
 
-from nerve_jax import metrics
+from nerve_jax import metrics, postprocess
 from nerve_jax.errors import UserError
-from nerve_jax.submit import postprocess
 
 SHAPE = (420, 580)
 

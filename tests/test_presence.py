@@ -8,9 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from nerve_jax import losses, parallel, train
+from nerve_jax import losses, parallel, postprocess, train
 from nerve_jax.models import unet
-from nerve_jax.submit import postprocess
 
 
 @pytest.mark.slow

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from benchmarks import quality
+from nerve_jax import rle
 from nerve_jax.data import kaggle
-from nerve_jax.submit import rle
 
 
 def _mask(top, left, size=20):

@@ -1,4 +1,4 @@
-"""Tests for nerve_jax.submit.rle: hand-computed strings, round trips, strictness, JAX encoder."""
+"""Tests for nerve_jax.rle: hand-computed strings, round trips, strictness, JAX encoder."""
 
 import functools
 import re
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from skimage.draw import ellipse
 
-from nerve_jax.submit import rle
+from nerve_jax import rle
 
 H, W = 420, 580
 FAST = settings(max_examples=150, deadline=None)

@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from nerve_jax.submit import rle, submission
+from nerve_jax import rle
+from nerve_jax.submit import submission
 from nerve_jax.submit.submission import Problem
 
 H, W = 420, 580

@@ -11,9 +11,9 @@ from PIL import Image
 from scipy import ndimage
 from skimage import measure
 
+from nerve_jax import rle
 from nerve_jax.data import synthetic
 from nerve_jax.data.kaggle import HEIGHT, WIDTH, read_tiff
-from nerve_jax.submit import rle
 
 SMALL = dict(num_subjects=3, frames_per_subject=6, num_test=4)
 

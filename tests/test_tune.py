@@ -12,10 +12,10 @@ import pytest
 from scipy import ndimage
 from skimage import draw
 
-from nerve_jax import cli, metrics, train
+from nerve_jax import cli, metrics, postprocess, train
 from nerve_jax.data import kaggle, pipeline
 from nerve_jax.errors import UserError
-from nerve_jax.submit import inference, postprocess, tune
+from nerve_jax.submit import inference, tune
 from tests import references
 
 SHAPE = (120, 160)

@@ -263,7 +263,7 @@ def _array_problems(ref: str, array: np.ndarray, is_mask: bool, expected_rle: st
         return []
     # Here, not at the top: rle imports JAX, and `import nerve_jax` (which registers the TFDS
     # builder, which reads this module) must not.
-    from nerve_jax.submit import rle
+    from nerve_jax import rle
 
     try:
         expected = rle.decode(expected_rle, IMAGE_SHAPE)

@@ -41,9 +41,9 @@ from collections.abc import Iterator
 import numpy as np
 from scipy import ndimage
 
+from nerve_jax import rle
 from nerve_jax.atomic import atomic_open
 from nerve_jax.data.kaggle import HEIGHT, WIDTH, write_tiff
-from nerve_jax.submit import rle
 
 TRUTH_FILE = "synthetic_truth.json"
 TEST_MASKS_FILE = "synthetic_test_masks.csv"

@@ -18,11 +18,11 @@ from jax.sharding import PartitionSpec as P
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from nerve_jax import checkpoint, fileio, metrics, parallel, runtime, train
+from nerve_jax import checkpoint, fileio, metrics, parallel, postprocess, rle, runtime, train
 from nerve_jax.atomic import atomic_open
 from nerve_jax.data import kaggle, pipeline
 from nerve_jax.errors import UserError
-from nerve_jax.submit import postprocess, rle, submission
+from nerve_jax.submit import submission
 
 EVAL_FILE = "eval.json"
 OVERLAY_FILE = "overlay_val.png"

@@ -12,7 +12,7 @@ import numpy as np
 
 from nerve_jax import fileio
 from nerve_jax.atomic import atomic_open
-from nerve_jax.submit.rle import encode, parse_runs
+from nerve_jax.rle import encode, parse_runs
 
 HEADER = "img,pixels"
 # Masks whose every pixel index lies below this share of H*W look encoded on a smaller grid.

@@ -31,10 +31,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
-from nerve_jax import fileio, runtime, train
+from nerve_jax import fileio, postprocess, runtime, train
 from nerve_jax.data import pipeline
 from nerve_jax.errors import UserError
-from nerve_jax.submit import inference, postprocess
+from nerve_jax.submit import inference
 
 BOOLS = (False, True)
 METRIC = "Kaggle Dice, per image at 420x580, empty vs empty = 1"

@@ -15,8 +15,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from nerve_jax import rle  # noqa: E402
 from nerve_jax.data import kaggle  # noqa: E402
-from nerve_jax.submit import rle  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ultrasound_nerve")
 
