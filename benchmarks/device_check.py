@@ -101,21 +101,21 @@ def _random_batch(config, batch: int, mesh):
 def stage_train(plan: Plan) -> list[dict]:
     import jax
 
-    from nerve_jax import parallel, train
+    from nerve_jax import parallel, step
 
     mesh, rows = parallel.make_mesh(), []
     for dtype in ("float32", "bfloat16"):
         for batch in plan.batches:
             config = _config(plan, dtype, batch)
-            state = parallel.replicate(train.create_train_state(config, jax.random.key(0)), mesh)
-            step, _ = train.compiled_steps(config, mesh)
+            state = parallel.replicate(step.create_train_state(config, jax.random.key(0)), mesh)
+            train_fn = step.parallel_train_step(config, mesh)
             data = _random_batch(config, batch, mesh)
             flops = _step_flops(config, batch)
-            state, m = step(state, data)  # Compilation.
+            state, m = train_fn(state, data)  # Compilation.
             jax.block_until_ready(m)
             start = time.perf_counter()
             for _ in range(plan.steps):
-                state, m = step(state, data)
+                state, m = train_fn(state, data)
             jax.block_until_ready((state, m))
             seconds = (time.perf_counter() - start) / plan.steps
             peak = peak_flops(dtype)
@@ -131,13 +131,13 @@ def _step_flops(config, batch: int) -> float:
     import jax
     import jax.numpy as jnp
 
-    from nerve_jax import train
+    from nerve_jax import step
 
-    state = jax.eval_shape(lambda: train.create_train_state(config, jax.random.key(0),
-                                                             axis_name=None))
+    state = jax.eval_shape(lambda: step.create_train_state(config, jax.random.key(0),
+                                                           axis_name=None))
     h, w = config.image_size
     spec = jax.ShapeDtypeStruct((batch, h, w, 1), jnp.float32)
-    fn = jax.jit(train.per_device_train_step(config, axis_name=None))
+    fn = jax.jit(step.per_device_train_step(config, axis_name=None))
     cost = fn.lower(state, {"image": spec, "mask": spec}).cost_analysis()
     return float((cost[0] if isinstance(cost, list) else cost)["flops"])
 
@@ -146,12 +146,12 @@ def stage_inference(plan: Plan) -> dict:
     import jax
     import numpy as np
 
-    from nerve_jax import parallel, train
+    from nerve_jax import parallel, step
 
     mesh = parallel.make_mesh()
     config = _config(plan, "bfloat16", plan.infer_batch)
-    state = parallel.replicate(train.create_train_state(config, jax.random.key(0)), mesh)
-    predict = parallel.parallelize(lambda s, b: train.predict_step(s, b)["probs"],
+    state = parallel.replicate(step.create_train_state(config, jax.random.key(0)), mesh)
+    predict = parallel.parallelize(lambda s, b: step.predict_step(s, b)["probs"],
                                    "shard_map", mesh, out_batched=True)
     h, w = config.image_size
     images = np.random.default_rng(0).random((plan.infer_batch, h, w, 1), np.float32)
@@ -171,29 +171,29 @@ def stage_input(plan: Plan, data: str, tfds_dir: str) -> list[dict]:
     """Per step: host time in `next` and the device copy, against the step's compute."""
     import jax
 
-    from nerve_jax import parallel, train
+    from nerve_jax import parallel, step
     from nerve_jax.data import pipeline, tfds_builder
 
     builder = tfds_builder.prepare(data, tfds_dir, progress=False)
     subjects = sorted(pipeline.frames_per_subject(builder))
     config = _config(plan, "bfloat16", plan.input_batch)
     mesh = parallel.make_mesh()
-    step, _ = train.compiled_steps(config, mesh)
+    train_fn = step.parallel_train_step(config, mesh)
     rows = []
     for prefetch in (False, True):
-        state = parallel.replicate(train.create_train_state(config, jax.random.key(0)), mesh)
+        state = parallel.replicate(step.create_train_state(config, jax.random.key(0)), mesh)
         batches = pipeline.train_batches(builder, subjects, config.image_size,
                                          config.batch_size, config.seed)
         if prefetch:
             batches = parallel.prefetch_to_device(batches, "shard_map", mesh)
-        state, m = step(state, parallel.global_batch(next(batches), mesh))
+        state, m = train_fn(state, parallel.global_batch(next(batches), mesh))
         jax.block_until_ready(m)
         host, started = 0.0, time.perf_counter()
         for _ in range(plan.steps):
             start = time.perf_counter()
             batch = parallel.global_batch(next(batches), mesh)
             host += time.perf_counter() - start
-            state, m = step(state, batch)
+            state, m = train_fn(state, batch)
         jax.block_until_ready((state, m))
         total = time.perf_counter() - started
         rows.append({"prefetch": prefetch, "batch": plan.input_batch,

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from nerve_jax import config_util, parallel, runtime, train  # noqa: E402
+from nerve_jax import config_util, parallel, runtime, step  # noqa: E402
 from nerve_jax.data import pipeline, synthetic, tfds_builder  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,8 +64,8 @@ def main(argv=None):
         warm_s = time_batches(batches, args.batches)
 
         mesh = parallel.make_mesh()
-        state = parallel.replicate(train.create_train_state(config, jax.random.key(0)), mesh)
-        train_step, _ = train.compiled_steps(config, mesh)
+        state = parallel.replicate(step.create_train_state(config, jax.random.key(0)), mesh)
+        train_step = step.parallel_train_step(config, mesh)
         state, metrics = train_step(state, next(batches))  # Compilation.
         jax.block_until_ready(metrics)
 

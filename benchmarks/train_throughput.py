@@ -20,7 +20,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from nerve_jax import config_util, parallel, postprocess, rle, runtime, train  # noqa: E402  # noqa: E402
+from nerve_jax import config_util, parallel, rle, runtime, step  # noqa: E402
 from nerve_jax.runtime import xla_flags  # noqa: E402
 from nerve_jax.runtime.host_malloc import TUNABLE  # noqa: E402
 
@@ -71,32 +71,32 @@ def synthetic_batch(config, seed=0):
 
 def state_and_step(config, mesh):
     """A replicated fresh train state and the real sharded train step (donating the state)."""
-    state = parallel.replicate(train.create_train_state(config, jax.random.key(0)), mesh)
-    step = parallel.parallelize(train.per_device_train_step(config), config.parallel, mesh,
-                                out_batched=(False, False), donate_state=True)
-    return state, step
+    state = parallel.replicate(step.create_train_state(config, jax.random.key(0)), mesh)
+    train_fn = parallel.parallelize(step.per_device_train_step(config), config.parallel, mesh,
+                                    out_batched=(False, False), donate_state=True)
+    return state, train_fn
 
 
 def time_train(config, steps, warmup):
     mesh = parallel.make_mesh()
-    state, step = state_and_step(config, mesh)
+    state, train_fn = state_and_step(config, mesh)
     batch = synthetic_batch(config)
     flops = None
     start = time.perf_counter()
     if config.parallel == "shard_map":
-        cost = step.lower(state, batch).compile().cost_analysis()
+        cost = train_fn.lower(state, batch).compile().cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         flops = float(cost["flops"]) * mesh.size  # Cost analysis counts one device's program.
     else:
-        state, _ = jax.block_until_ready(step(state, batch))  # The old state was donated.
+        state, _ = jax.block_until_ready(train_fn(state, batch))  # The old state was donated.
     compile_s = time.perf_counter() - start  # Lowering + XLA compilation (pmap: + one step).
     for _ in range(warmup):
-        state, _ = step(state, batch)
+        state, _ = train_fn(state, batch)
     jax.block_until_ready(state)
 
     def one_step():
         nonlocal state
-        state, m = step(state, batch)
+        state, m = train_fn(state, batch)
         jax.block_until_ready(m)
 
     return common.time_calls(one_step, steps), compile_s, flops, state
@@ -111,8 +111,8 @@ def time_inference(config, state, steps):
     rng = np.random.default_rng(1)
     frames = rng.integers(0, 256, (config.batch_size, 420, 580, 1), dtype=np.uint8)
     predict = parallel.parallelize(
-        lambda s, b: postprocess.masks_from_probabilities(
-            train.predict_step(s, b)["probs"], 0.5, 0),
+        lambda s, b: step.masks_from_probabilities(
+            step.predict_step(s, b)["probs"], 0.5, 0),
         config.parallel, parallel.make_mesh(), out_batched=True)
 
     def run():

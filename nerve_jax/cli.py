@@ -82,7 +82,7 @@ def _cmd_eda(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
-    from nerve_jax import config_util, train
+    from nerve_jax import config_util, evaluation, train
     from nerve_jax.submit import inference
 
     config = config_util.load_config_file(args.config)
@@ -91,7 +91,7 @@ def _cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     if result.status == "interrupted":
         return 0  # The loop said which step it saved.
     if result.status == "already_early_stopped" and distributed.process_zero_says(
-            fileio.isfile(fileio.join(args.workdir, inference.HELDOUT_FILE))):
+            fileio.isfile(fileio.join(args.workdir, evaluation.HELDOUT_FILE))):
         return 0
     heldout = inference.write_heldout_predictions(args.workdir)
     if not _is_main_process():
@@ -100,7 +100,7 @@ def _cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
         metrics = result.val_metrics
         print(f"last evaluation, step {result.eval_step}: validation Dice "
               f"{metrics['val_dice']:.4f} (all-empty {metrics['val_empty_dice']:.4f}, "
-              f"{metrics['val_frames']} frames, the config's thresholds)")
+              f"{metrics['val_frames']} frames, the config's post-processing)")
     print(f"best checkpoint: step {heldout['step']}, validation Dice {result.best.dice:.4f}; "
           "evaluate, tune and predict use it")
     print(f"held-out predictions for `nerve-jax tune`: {heldout['heldout']} "

@@ -1,20 +1,29 @@
-"""Config files (Python files with get_config()), --config.FIELD=VALUE overrides, the check of
-every field before any work, and the migration of workdir configs written by earlier versions."""
+"""Configs: files (Python files with get_config()), --config.FIELD=VALUE overrides, the check of
+every field before any work, and a workdir's config.json (save, load, and the migration of those
+written by earlier versions, with the frozen values those versions used)."""
 
 import ast
 import contextlib
 import dataclasses
 import difflib
 import importlib.util
+import json
 import math
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import ml_collections
 
+from nerve_jax import fileio, losses, metrics, parallel, registry, step
+from nerve_jax.atomic import atomic_open
+from nerve_jax.data import augment, pipeline
 from nerve_jax.errors import UserError
+from nerve_jax.models import unet
+
+CONFIG_FILE = "config.json"
 
 
 class ConfigError(UserError, ValueError):
@@ -150,10 +159,6 @@ def schema(model_name: str = "unet") -> dict[str, Field | None]:
     elsewhere (`augment.*` by nerve_jax.data.augment.from_config, FREE_FIELDS by the code that
     takes them). The UNet's model fields are known only for model.name "unet"; another model
     checks its own."""
-    from nerve_jax import parallel, train
-    from nerve_jax.data import augment, pipeline
-    from nerve_jax.models import unet
-
     unit = {"low": 0.0, "high": 1.0}
     fields = {
         "kaggle_dir": Field(str), "tfds_data_dir": Field(str), "image_size": Field("size"),
@@ -165,9 +170,9 @@ def schema(model_name: str = "unet") -> dict[str, Field | None]:
         "batch_size": Field(int, low=1), "eval_batch_size": Field(int, low=1),
         "dice_smooth": Field(float, low=0.0, above_low=True),
         "presence_weight": Field(float, low=0.0), "pixel_bce_weight": Field(float, low=0.0),
-        "optimizer": Field(str, choices=train.OPTIMIZERS),
+        "optimizer": Field(str, choices=step.OPTIMIZERS),
         "learning_rate": Field(float, low=0.0),
-        "lr_schedule": Field(str, choices=train.SCHEDULES), "warmup_steps": Field(int, low=0),
+        "lr_schedule": Field(str, choices=step.SCHEDULES), "warmup_steps": Field(int, low=0),
         "weight_decay": Field(float, low=0.0), "num_epochs": Field(float, low=0.0,
                                                                     above_low=True),
         "num_train_steps": Field(int), "seed": Field(int),
@@ -175,7 +180,7 @@ def schema(model_name: str = "unet") -> dict[str, Field | None]:
         "threshold": Field(float, **unit), "presence_threshold": Field(float, **unit),
         "min_mask_area": Field(int, low=0), "min_component_area": Field(int, low=0),
         "largest_component_only": Field(bool), "fill_holes": Field(bool),
-        "ellipse_fit": Field(bool), "tta": Field(str, choices=train.TTA_CHOICES),
+        "ellipse_fit": Field(bool), "tta": Field(str, choices=step.TTA_CHOICES),
         "log_every_steps": Field(int, low=1), "eval_every_steps": Field(int, low=1),
         "early_stopping_patience": Field(int, low=0), "checkpoints_to_keep": Field(int, low=1),
         "checkpoint_every_steps": Field(int, low=0),
@@ -231,8 +236,6 @@ def _field_problems(config: ml_collections.ConfigDict) -> dict[str, str]:
 
 def _relation_problems(config: ml_collections.ConfigDict, bad: set[str], devices: int,
                        processes: int) -> list[str]:
-    from nerve_jax.models import unet
-
     problems = []
     if not bad & {"fold", "num_folds"} and config.fold >= config.num_folds:
         problems.append(f"config.fold={config.fold}: must be below config.num_folds="
@@ -253,17 +256,16 @@ def _relation_problems(config: ml_collections.ConfigDict, bad: set[str], devices
     return problems
 
 
-def _code_problems(config: ml_collections.ConfigDict) -> list[str]:
-    """The model, loss, metrics, batch transform and augmentation named by a config whose
-    fields are all well-formed."""
-    from nerve_jax import losses, metrics, registry, train
-    from nerve_jax.data import augment
-
+def _code_problems(config: ml_collections.ConfigDict, parts: Sequence[str]) -> list[str]:
+    """The `parts` (step.FOR_*: model, loss, metrics, batch transform) and the augmentation
+    named by a config whose fields are all well-formed."""
     problems = []
-    lookups = [("model.name", config.model.name, train.MODELS),
-               ("loss", config.loss, losses.LOSSES)]
-    lookups += [("metrics", name, metrics.METRICS) for name in config.metrics]
-    if config.batch_transform:
+    lookups = [("model.name", config.model.name, step.MODELS)]
+    if "loss" in parts:
+        lookups.append(("loss", config.loss, losses.LOSSES))
+    if "metrics" in parts:
+        lookups += [("metrics", name, metrics.METRICS) for name in config.metrics]
+    if "batch_transform" in parts and config.batch_transform:
         lookups.append(("batch_transform", config.batch_transform, {}))
     for field, name, registered in lookups:
         try:
@@ -271,35 +273,35 @@ def _code_problems(config: ml_collections.ConfigDict) -> list[str]:
         except registry.RegistryError as e:
             problems.append(str(e))
     names = [registry.display_name(n) for n in config.metrics]
-    clash = sorted({n for n in names if n in train.BUILT_IN_SUMS or names.count(n) > 1})
+    clash = sorted({n for n in names if n in metrics.BUILT_IN or names.count(n) > 1})
     if clash:
-        problems.append(f"config.metrics: {clash} repeated or taken by the built-in sums "
-                        f"{train.BUILT_IN_SUMS}")
+        problems.append(f"config.metrics: {clash} repeated or taken by the built-in names "
+                        f"{metrics.BUILT_IN}")
     try:
         augment.from_config(config.augment)
     except UserError as e:
         problems.append(str(e))
     if not problems:
-        problems += train.contract_problems(config)
+        problems += step.contract_problems(config, parts)
     return problems
 
 
 def check(config: ml_collections.ConfigDict, *, devices: int | None = None,
-          processes: int | None = None, needs_data: bool = False) -> None:
+          processes: int | None = None, needs_data: bool = False,
+          parts: Sequence[str] = step.FOR_TRAINING) -> None:
     """Checks every field of `config` at once, before any data or model work: types, ranges
     and choices (`schema()`), unknown and missing fields, fold < num_folds, image_size against
     model.depth, batch sizes against `devices` and `processes` (default: JAX's), that the
-    model, loss, metrics and batch transform it names can be imported, and with `needs_data`
-    that kaggle_dir is set. Raises ConfigError listing every problem."""
-    import jax
-
+    `parts` it names (model, loss, metrics, batch transform: step.FOR_*) can be imported and
+    keep their contracts, and with `needs_data` that kaggle_dir is set. Raises ConfigError
+    listing every problem."""
     by_field = _field_problems(config)
     bad = set(by_field)
     devices = jax.device_count() if devices is None else devices
     processes = jax.process_count() if processes is None else processes
     problems = [*by_field.values(), *_relation_problems(config, bad, devices, processes)]
     if not problems:  # The rest needs well-formed fields.
-        problems += _code_problems(config)
+        problems += _code_problems(config, parts)
     if needs_data and "kaggle_dir" not in bad and not config.kaggle_dir:
         problems.append("config.kaggle_dir is not set: pass --config.kaggle_dir=DIR, a folder "
                         "in Kaggle layout (train/ or train.zip, test/ or test.zip)")
@@ -314,27 +316,52 @@ def checked(config: ml_collections.ConfigDict, **kwargs) -> ml_collections.Froze
     return ml_collections.FrozenConfigDict(config)
 
 
-# --- Workdir configs written by earlier versions ----------------------------------------------
+# --- A workdir's config.json ------------------------------------------------------------------
 
-def added_fields() -> dict[str, Any]:
-    """Fields that earlier versions did not write into a workdir's config.json, with the values
-    that keep such a run behaving as it did."""
-    from nerve_jax import postprocess
-    from nerve_jax.data import augment
+def save(config: ml_collections.ConfigDict, workdir: str) -> None:
+    with atomic_open(fileio.join(workdir, CONFIG_FILE)) as f:
+        f.write(config.to_json(indent=2))
 
-    defaults = dataclasses.asdict(postprocess.Settings())
-    return {
+
+def load(workdir: str, parts: Sequence[str] = step.FOR_PREDICTION,
+         ) -> ml_collections.FrozenConfigDict:
+    """A workdir's config.json, migrated and checked; of the code it names only `parts`
+    (step.FOR_*) are imported and traced, so a run whose loss this shell cannot import still
+    evaluates and predicts."""
+    path = fileio.join(workdir, CONFIG_FILE)
+    if not fileio.isfile(path):
+        raise UserError(f"{workdir}: no {CONFIG_FILE}; is this a workdir written by "
+                        "`nerve-jax train`?")
+    try:
+        saved = json.loads(fileio.read_text(path))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable config ({e})") from None
+    # Devices are checked where batches are run: a workdir may be read on another machine.
+    return checked(migrate(saved), devices=1, processes=1, parts=parts)
+
+
+# Fields each earlier version lacked in the config.json it wrote, oldest first, with the value
+# that version ran with: frozen literals, so that changing a default never changes how an old
+# run is read back.
+MIGRATIONS = (
+    ("presence head, shape post-processing, augmentation, early stopping, TTA", {
         "model.presence_head": False, "presence_weight": 0.0, "pixel_bce_weight": 0.0,
         "early_stopping_patience": 0, "tta": "none",
-        **{name: defaults[name] for name in ("min_component_area", "largest_component_only",
-                                             "fill_holes", "ellipse_fit", "presence_threshold")},
-        "augment.enabled": False,
-        **{f"augment.{k}": v for k, v in dataclasses.asdict(augment.Augmentation()).items()},
+        "min_component_area": 0, "largest_component_only": False, "fill_holes": False,
+        "ellipse_fit": False, "presence_threshold": 0.5,
+        "augment.enabled": False, "augment.shift": 0.0, "augment.rotation": 0.0,
+        "augment.zoom": (1.0, 1.0), "augment.flip": 0.0, "augment.brightness": 0.0,
+        "augment.contrast": (1.0, 1.0), "augment.gamma": (1.0, 1.0),
+        "augment.fill_mode": "reflect",
+    }),
+    ("models, losses, metrics and batch transforms by name", {
         "model.name": "unet", "loss": "soft_dice+bce", "loss_args": {}, "metrics": [],
         "batch_transform": "", "batch_transform_args": {},
+    }),
+    ("timed checkpoints and non-finite steps", {
         "checkpoint_every_steps": 0, "checkpoint_every_minutes": 0.0, "skip_nonfinite_steps": 0,
-    }
-
+    }),
+)
 
 # Fields that earlier versions had, with what became of them.
 REMOVED_FIELDS = {
@@ -344,21 +371,26 @@ REMOVED_FIELDS = {
 
 
 def migrate(saved: dict) -> ml_collections.ConfigDict:
-    """A workdir's saved config (config.json) completed with `added_fields()`, without the
-    REMOVED_FIELDS."""
+    """A workdir's saved config (config.json) completed, step by step, with the MIGRATIONS'
+    values of the fields it lacks, without the REMOVED_FIELDS."""
     config = ml_collections.ConfigDict(
         {k: v for k, v in saved.items() if k not in REMOVED_FIELDS})
-    unet = saved.get("model", {}).get("name", "unet") == "unet"
-    for name, value in added_fields().items():
-        if name == "model.presence_head" and not unet:  # Another model's fields are its own.
-            continue
-        *parents, leaf = name.split(".")
-        node = config
-        for part in parents:
-            if part not in node:
-                node[part] = ml_collections.ConfigDict()
-            node = node[part]
-        if leaf not in node:
-            node[leaf] = (ml_collections.ConfigDict(value) if isinstance(value, dict)
-                          else list(value) if isinstance(value, tuple) else value)
+    unet_model = saved.get("model", {}).get("name", "unet") == "unet"
+    for _, added in MIGRATIONS:
+        for name, value in added.items():
+            if name == "model.presence_head" and not unet_model:  # Its fields are its own.
+                continue
+            _set_if_missing(config, name, value)
     return config
+
+
+def _set_if_missing(config: ml_collections.ConfigDict, name: str, value) -> None:
+    *parents, leaf = name.split(".")
+    node = config
+    for part in parents:
+        if part not in node:
+            node[part] = ml_collections.ConfigDict()
+        node = node[part]
+    if leaf not in node:
+        node[leaf] = (ml_collections.ConfigDict(value) if isinstance(value, dict)
+                      else list(value) if isinstance(value, tuple) else value)

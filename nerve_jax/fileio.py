@@ -16,6 +16,8 @@ import os
 from collections.abc import Iterator
 from typing import IO
 
+from nerve_jax.errors import UserError
+
 REMOTE_SCHEMES = ("gs://", "s3://")
 
 
@@ -169,8 +171,6 @@ def check_bucket(path: str | os.PathLike, what: str) -> None:
     """For a remote path, UserError unless its bucket can be reached: checked first, because
     TensorFlow's GCS file system retries without end when creating folders in a bucket that
     does not exist."""
-    from nerve_jax.errors import UserError
-
     if not is_remote(path):
         return
     bucket = _bucket(path)
@@ -186,8 +186,6 @@ def check_bucket(path: str | os.PathLike, what: str) -> None:
 
 def check_folder(path: str | os.PathLike, what: str) -> None:
     """UserError naming `path` unless it is a folder that can be read."""
-    from nerve_jax.errors import UserError
-
     check_bucket(path, what)
     try:
         found = isdir(path)
@@ -203,8 +201,6 @@ def check_folder(path: str | os.PathLike, what: str) -> None:
 def check_writable(path: str | os.PathLike, what: str) -> None:
     """UserError naming `path` unless the folder can be created and written to."""
     import tempfile
-
-    from nerve_jax.errors import UserError
 
     check_bucket(path, what)
     try:

@@ -4,6 +4,8 @@ that config.metrics adds to evaluation."""
 import jax
 import jax.numpy as jnp
 
+from nerve_jax import registry
+
 
 def dice_per_image(pred: jax.Array, truth: jax.Array) -> jax.Array:
     """Kaggle Dice of each image. pred, truth: [B, H, W] bool -> [B] float32.
@@ -31,6 +33,10 @@ def empty_baseline_per_image(truth: jax.Array) -> jax.Array:
 # "mask_full" [B, 420, 580] bool. Evaluation averages it over the validation frames of every
 # device and host and reports it as "val_<name>".
 
+# Names the evaluator always reports (val_dice, val_empty_dice, val_frames); config.metrics may not
+# take them.
+BUILT_IN = ("dice", "empty_dice", "frames", "count")
+
 METRICS = {
     "iou": "nerve_jax.metrics:iou",
     "presence_accuracy": "nerve_jax.metrics:presence_accuracy",
@@ -56,7 +62,5 @@ def presence_accuracy(predictions: dict, batch: dict) -> jax.Array:
 
 def from_config(config) -> dict:
     """{name: fn} of config.metrics (registered names or "package.module:function")."""
-    from nerve_jax import registry
-
     return {registry.display_name(name): registry.resolve(name, METRICS, "config.metrics")
             for name in config.metrics}

@@ -126,6 +126,11 @@ def prefetch_to_device(batches: Iterator[dict], kind: str, mesh: Mesh,
         enqueue(1)
 
 
+def replicated_sharding(mesh: Mesh) -> NamedSharding:
+    """Every device of the mesh holds the whole array (not stacked)."""
+    return NamedSharding(mesh, P())
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Places a pytree on every device of the mesh, replicated (not stacked)."""
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    return jax.device_put(tree, replicated_sharding(mesh))

@@ -1,9 +1,5 @@
-"""Post-processing: from model logits to full-resolution masks.
-
-On the device (jit-able JAX): logits at model resolution -> probabilities at 420x580, and the
-plain threshold / minimum area / presence masks of the training-time evaluation.
-
-On the host (NumPy, scikit-image), one frame at a time: `apply`, the tunable chain
+"""Post-processing on the host (NumPy, scikit-image): full-resolution probabilities become masks,
+one frame at a time. `apply` is the tunable chain
 
     pixel threshold -> drop small components -> keep the largest -> fill holes -> fit ellipses
     -> empty a mask smaller than min_mask_area -> empty a frame whose presence is too low
@@ -18,8 +14,6 @@ import json
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from scipy import ndimage
@@ -27,39 +21,9 @@ from skimage import draw, measure
 
 from nerve_jax import fileio
 from nerve_jax.atomic import atomic_open
-from nerve_jax.data import kaggle
 from nerve_jax.errors import UserError
 
 POSTPROCESS_FILE = "postprocess.json"
-
-
-def full_resolution_probabilities(logits: jax.Array) -> jax.Array:
-    """Logits [B, h, w, 1] at model resolution -> nerve probabilities [B, 420, 580] float32."""
-    probs = jax.nn.sigmoid(logits[..., 0].astype(jnp.float32))
-    return jax.image.resize(probs, (probs.shape[0], kaggle.HEIGHT, kaggle.WIDTH), "linear")
-
-
-def mean_probability_logit(logits: jax.Array, axis: int = 0) -> jax.Array:
-    """The logit of the mean of sigmoid(logits) over `axis`, computed in log space (stable
-    where the probabilities round to 0 or 1 in float32)."""
-    return (jax.nn.logsumexp(jax.nn.log_sigmoid(logits), axis=axis)
-            - jax.nn.logsumexp(jax.nn.log_sigmoid(-logits), axis=axis))
-
-
-def masks_from_probabilities(probs: jax.Array, threshold: float, min_area: int,
-                             presence: jax.Array | None = None,
-                             presence_threshold: float = 0.5) -> jax.Array:
-    """[B, H, W] probabilities -> [B, H, W] bool masks. A mask with fewer than `min_area`
-    pixels is emptied (a false positive on an empty frame costs a whole image's score), and so
-    is every mask whose frame's presence probability [B] is below `presence_threshold`.
-
-    The same masks as `apply` with Settings.from_config on a config without the shape steps.
-    """
-    masks = probs > threshold
-    keep = jnp.sum(masks, axis=(1, 2)) >= min_area
-    if presence is not None:
-        keep = keep & (presence >= presence_threshold)
-    return masks & keep[:, None, None]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from nerve_jax import train
-from nerve_jax.data import augment, pipeline
+from nerve_jax.data import augment, pipeline, tfds_builder
 from nerve_jax.errors import UserError
 
 SUBJECTS = [1, 2, 3, 4]
@@ -34,7 +34,7 @@ def data_config(config, tiny_kaggle_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def builder(data_config, tmp_path_factory):
-    return train.prepare_data(data_config, str(tmp_path_factory.mktemp("work")))
+    return tfds_builder.prepare_for(data_config, str(tmp_path_factory.mktemp("work")))
 
 
 def _augment_config(config, *overrides: dict, **fields) -> ml_collections.ConfigDict:

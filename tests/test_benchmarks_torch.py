@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from benchmarks import torch_reference  # noqa: E402  (pytest puts the repo root on sys.path)
-from nerve_jax import losses, train  # noqa: E402
+from nerve_jax import losses, step  # noqa: E402
 
 TINY = ["--height", "32", "--width", "48", "--batch", "2", "--features", "4", "--depth", "2",
         "--warmup", "0", "--threads", "1"]  # 1 thread: tiny ops stall on a busy shared CPU.
@@ -41,7 +41,7 @@ def test_param_count_matches_flax(test_config, upsample):
     config = test_config()
     config.model.upsample = upsample
     # Shapes only (no XLA compilation): BatchNorm statistics live in state.batch_stats.
-    state = jax.eval_shape(lambda: train.create_train_state(config, jax.random.key(0)))
+    state = jax.eval_shape(lambda: step.create_train_state(config, jax.random.key(0)))
     flax_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
     model = torch_reference.UNet(config.model.depth, config.model.base_features, upsample)
     assert torch_reference.num_params(model) == flax_params

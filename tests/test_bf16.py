@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nerve_jax import train
+from nerve_jax import step
 
 
 def _bf16_config(test_config):
@@ -28,18 +28,18 @@ def _equations(jaxpr):
 
 def test_bfloat16_convolutions_and_float32_state_and_loss(test_config):
     config = _bf16_config(test_config)
-    state = train.create_train_state(config, jax.random.key(0), axis_name=None)
+    state = step.create_train_state(config, jax.random.key(0), axis_name=None)
     h, w = config.image_size
     images = jax.random.uniform(jax.random.key(1), (4, h, w, 1))
     batch = {"image": images, "mask": (images > 0.7).astype(jnp.float32)}
-    step = train.per_device_train_step(config, axis_name=None)
+    train_fn = step.per_device_train_step(config, axis_name=None)
 
-    convolutions = [eqn for eqn in _equations(jax.make_jaxpr(step)(state, batch).jaxpr)
+    convolutions = [eqn for eqn in _equations(jax.make_jaxpr(train_fn)(state, batch).jaxpr)
                     if eqn.primitive.name == "conv_general_dilated"]
     assert convolutions  # Forward and backward.
     assert {str(v.aval.dtype) for eqn in convolutions for v in eqn.invars} == {"bfloat16"}
 
-    new_state, metrics = jax.jit(step)(state, batch)
+    new_state, metrics = jax.jit(train_fn)(state, batch)
     assert metrics["loss"].dtype == jnp.float32 and np.isfinite(metrics["loss"])
     for name, tree in [("params", new_state.params), ("batch_stats", new_state.batch_stats),
                        ("opt_state", new_state.opt_state)]:

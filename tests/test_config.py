@@ -3,7 +3,7 @@ import json
 import ml_collections
 import pytest
 
-from nerve_jax import config_util
+from nerve_jax import config_util, postprocess
 from nerve_jax.errors import UserError
 
 
@@ -142,23 +142,56 @@ def test_a_config_error_exits_2_before_any_work(tmp_path, capfd):
 
 
 def test_a_workdir_config_of_an_earlier_version_is_completed(test_config, tmp_path):
-    from nerve_jax import train
 
     saved = json.loads(test_config().to_json())
     for name in ("tta", "presence_weight", "pixel_bce_weight", "early_stopping_patience",
                  "min_component_area", "fill_holes", "augment"):
         del saved[name]
     del saved["model"]["presence_head"]
-    (tmp_path / train.CONFIG_FILE).write_text(json.dumps(saved))
-    config = train.load_config(str(tmp_path))
+    (tmp_path / config_util.CONFIG_FILE).write_text(json.dumps(saved))
+    config = config_util.load(str(tmp_path))
     assert (config.tta, config.presence_weight, config.model.presence_head) == ("none", 0.0, False)
     assert config.augment.enabled is False and config.fill_holes is False
     assert config.learning_rate == test_config().learning_rate
 
 
-def test_an_unreadable_workdir_config_is_named(tmp_path):
-    from nerve_jax import train
+def test_migration_writes_the_values_earlier_versions_ran_with_not_todays_defaults(
+        test_config, monkeypatch):
+    """The oldest workdir config (none of the added fields) read back while every default
+    that could leak in has changed."""
+    from nerve_jax.data import augment
 
-    (tmp_path / train.CONFIG_FILE).write_text("{not json")
+    monkeypatch.setattr(postprocess.Settings.__init__, "__defaults__",
+                        (0.3, 99, True, True, True, 77, 0.9))
+    monkeypatch.setattr(augment.Augmentation.__init__, "__defaults__",
+                        (0.5, 30.0, (0.5, 2.0), 1.0, 0.5, (0.5, 2.0), (0.5, 2.0), "constant"))
+    saved = json.loads(test_config().to_json())
+    added = [name for _, fields in config_util.MIGRATIONS for name in fields]
+    for name in added:
+        *parents, leaf = name.split(".")
+        node = saved
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(leaf, None)
+    saved.pop("augment")
+    flat = config_util.flatten(config_util.migrate(saved), leaves=config_util.FREE_FIELDS)
+    got = {name: flat[name].to_dict() if isinstance(flat[name], ml_collections.ConfigDict)
+           else flat[name] for name in added}
+    assert got == {
+        "model.presence_head": False, "presence_weight": 0.0, "pixel_bce_weight": 0.0,
+        "early_stopping_patience": 0, "tta": "none", "min_component_area": 0,
+        "largest_component_only": False, "fill_holes": False, "ellipse_fit": False,
+        "presence_threshold": 0.5, "augment.enabled": False, "augment.shift": 0.0,
+        "augment.rotation": 0.0, "augment.zoom": [1.0, 1.0], "augment.flip": 0.0,
+        "augment.brightness": 0.0, "augment.contrast": [1.0, 1.0],
+        "augment.gamma": [1.0, 1.0], "augment.fill_mode": "reflect", "model.name": "unet",
+        "loss": "soft_dice+bce", "loss_args": {}, "metrics": [], "batch_transform": "",
+        "batch_transform_args": {}, "checkpoint_every_steps": 0,
+        "checkpoint_every_minutes": 0.0, "skip_nonfinite_steps": 0}
+
+
+def test_an_unreadable_workdir_config_is_named(tmp_path):
+
+    (tmp_path / config_util.CONFIG_FILE).write_text("{not json")
     with pytest.raises(UserError, match=r"config.json: unreadable config"):
-        train.load_config(str(tmp_path))
+        config_util.load(str(tmp_path))

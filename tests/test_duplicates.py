@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from nerve_jax.data import duplicates, synthetic
+from nerve_jax.data import duplicates, pipeline, synthetic
 from nerve_jax.data.duplicates import Pair
 from nerve_jax.data.kaggle import HEIGHT, WIDTH, read_tiff
 
@@ -173,7 +173,7 @@ def _names_of(batch: dict, frames: dict) -> list[str]:
 @pytest.fixture(scope="module")
 def detected(twin_builder):
     builder, kaggle_dir = twin_builder
-    pairs = duplicates.contradictory_pairs_in_split(builder, list(range(1, SUBJECTS + 1)))
+    pairs = pipeline.contradictory_pairs_in_split(builder, list(range(1, SUBJECTS + 1)))
     # The detector flags exactly the generator's twins here, so this also checks it end to end.
     assert {p.without_nerve for p in pairs} == {twin for _, twin in _truth_pairs(kaggle_dir)}
     assert pairs

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from nerve_jax import checkpoint, cli, train
+from nerve_jax import checkpoint, cli, step, train
 from nerve_jax.data import pipeline
 from nerve_jax.errors import TrainingDiverged, UserError
 
@@ -143,8 +143,8 @@ def test_a_nan_stops_training_with_the_step_and_saves_nothing(
     real = pipeline.train_batches
 
     def poisoned(*args, **kwargs):
-        for step, batch in enumerate(real(*args, **kwargs), start=args[5] + 1):
-            if step == 4:
+        for at, batch in enumerate(real(*args, **kwargs), start=args[5] + 1):
+            if at == 4:
                 batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
             yield batch
 
@@ -235,13 +235,13 @@ def test_a_failing_save_is_named_and_spares_the_earlier_checkpoints(tmp_path, mo
 @pytest.mark.slow
 def test_the_train_step_never_applies_a_non_finite_update(test_config):
     config = test_config()
-    state = train.create_train_state(config, jax.random.key(0), axis_name=None)
+    state = step.create_train_state(config, jax.random.key(0), axis_name=None)
     h, w = config.image_size
     batch = {"image": np.full((2, h, w, 1), np.nan, np.float32),
              "mask": np.zeros((2, h, w, 1), np.float32)}
     from nerve_jax import losses
 
-    new, metrics = jax.jit(lambda s, b: train.train_step(
+    new, metrics = jax.jit(lambda s, b: step.train_step(
         s, b, jax.random.key(0), loss_fn=losses.from_config(config)))(state, batch)
     assert float(metrics["finite"]) == 0.0
     chex.assert_trees_all_equal(new.params, state.params)

@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 import nerve_jax
-from nerve_jax import checkpoint, cli, postprocess, train
-from nerve_jax.data import pipeline
+from nerve_jax import checkpoint, cli, config_util, evaluation, postprocess, step
+from nerve_jax.data import pipeline, tfds_builder
 from nerve_jax.errors import UserError
 from nerve_jax.submit import inference, tune
 from tests import references
@@ -57,8 +57,8 @@ def full_size_workdir(tiny_kaggle_dir, tmp_path_factory, test_config):
     config.model.presence_head = False
     config.num_folds = 4  # One validation subject: 6 frames.
     os.makedirs(workdir)
-    train.save_config(config, workdir)
-    state = train.create_train_state(config, jax.random.key(7))
+    config_util.save(config, workdir)
+    state = step.create_train_state(config, jax.random.key(7))
     # A bias that puts the probabilities around the thresholds below, not all at 0.5.
     state.params["Conv_0"]["bias"] = state.params["Conv_0"]["bias"] - 0.05
     mngr = checkpoint.manager(workdir)
@@ -68,7 +68,7 @@ def full_size_workdir(tiny_kaggle_dir, tmp_path_factory, test_config):
 
 
 def _validation_frames(config):
-    builder = train.prepare_data(config, "unused")
+    builder = tfds_builder.prepare_for(config, "unused")
     subjects = pipeline.split_subjects(list(pipeline.frames_per_subject(builder)),
                                        config.num_folds, config.fold, config.split_seed)[1]
     paths = sorted(p for p in glob.glob(os.path.join(config.kaggle_dir, "train", "*.tif"))
@@ -209,8 +209,8 @@ def test_segmenter_refuses_frames_it_cannot_read():
 
 def test_an_unknown_tta_names_the_choices(test_config):
     with pytest.raises(UserError, match=r"tta='vflip': choose one of \('none', 'hflip'\)"):
-        inference.resolve_tta(test_config(), "vflip")
-    assert inference.resolve_tta(test_config(), None) == "none"
+        evaluation.resolve_tta(test_config(), "vflip")
+    assert evaluation.resolve_tta(test_config(), None) == "none"
 
 
 @pytest.mark.slow
@@ -224,3 +224,69 @@ def test_an_ensemble_uses_the_first_workdirs_postprocessing_and_says_which_diffe
     assert result["postprocess_ignored"] == [others[0]]
     assert result["postprocess"] == dataclasses.asdict(postprocess.Settings())
     assert [m["workdir"] for m in result["models"]] == [workdir, *others]
+
+
+def shell_bound_loss(outputs: dict, batch: dict) -> jax.Array:
+    """A loss whose body reads what only the training shell has: tracing it anywhere else
+    fails."""
+    return outputs["logits"].mean(axis=(1, 2, 3)) * float(os.environ["ONLY_IN_TRAINING_SHELL"])
+
+
+@pytest.fixture(scope="module")
+def later_worse_workdir(full_size_workdir, tmp_path_factory):
+    """The full-size workdir with a second, later checkpoint of lower validation Dice whose
+    every probability is near 1, and a config naming a loss module this shell cannot import
+    and a batch transform of the same kind."""
+    workdir, config, _ = full_size_workdir
+    copy = shutil.copytree(workdir, str(tmp_path_factory.mktemp("later_worse") / "work"))
+    state = step.create_train_state(config, jax.random.key(7))
+    state.params["Conv_0"]["bias"] = state.params["Conv_0"]["bias"] + 50.0
+    mngr = checkpoint.manager(copy)
+    checkpoint.save(mngr, 2, state, 0.1)
+    mngr.wait_until_finished()
+    saved = json.load(open(os.path.join(copy, config_util.CONFIG_FILE)))
+    saved["batch_transform"] = "module_of_the_training_shell:cutmix"
+    saved["loss"] = "module_of_the_training_shell:my_loss"
+    with open(os.path.join(copy, config_util.CONFIG_FILE), "w") as f:
+        json.dump(saved, f)
+    return copy
+
+
+def test_a_workdir_config_names_what_training_would_miss(later_worse_workdir):
+    with pytest.raises(config_util.ConfigError, match="module_of_the_training_shell"):
+        config_util.load(later_worse_workdir, step.FOR_TRAINING)
+
+
+@pytest.mark.slow
+@pytest.mark.mutation
+def test_evaluate_tune_predict_and_segmenter_use_the_best_checkpoint_not_the_last(
+        full_size_workdir, later_worse_workdir, evaluated, tmp_path):
+    """Step 1 is the best, step 2 the last; the config's loss and batch transform cannot be
+    imported here, so these commands must resolve only the model (and evaluate its metrics)."""
+    workdir, config, reference = full_size_workdir
+    result = inference.evaluate(later_worse_workdir)
+    assert result["step"] == 1 and result["val_dice"] == pytest.approx(evaluated["val_dice"])
+    assert evaluation.load_heldout(later_worse_workdir).step == 1
+    grid = tune.Grid(thresholds=(0.5,), min_component_areas=(0,), min_mask_areas=(0,),
+                     presence_thresholds=(0.5,))
+    assert tune.tune([later_worse_workdir], grid, write=False)["folds"][0]["step"] == 1
+    out = str(tmp_path / "submission.csv")
+    assert inference.predict(later_worse_workdir, out)["step"] == 1
+    image = _read(sorted(glob.glob(os.path.join(config.kaggle_dir, "test", "*.tif")))[0])
+    probs = nerve_jax.Segmenter.from_workdirs(later_worse_workdir).probabilities(image)
+    np.testing.assert_allclose(probs, reference.probs(image), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_predict_never_traces_the_training_loss(full_size_workdir, tmp_path, monkeypatch):
+    workdir, _, _ = full_size_workdir
+    copy = shutil.copytree(workdir, str(tmp_path / "work"))
+    saved = json.load(open(os.path.join(copy, config_util.CONFIG_FILE)))
+    saved["loss"] = f"{__name__}:shell_bound_loss"
+    with open(os.path.join(copy, config_util.CONFIG_FILE), "w") as f:
+        json.dump(saved, f)
+    monkeypatch.delenv("ONLY_IN_TRAINING_SHELL", raising=False)
+    with pytest.raises(config_util.ConfigError, match="ONLY_IN_TRAINING_SHELL"):
+        config_util.load(copy, step.FOR_TRAINING)
+    result = inference.predict(copy, str(tmp_path / "submission.csv"))
+    assert result["images"] == 4

@@ -2,7 +2,7 @@ import chex
 import jax.numpy as jnp
 import numpy as np
 
-from nerve_jax import metrics, postprocess
+from nerve_jax import metrics, step
 
 
 def _masks(*pairs):
@@ -31,13 +31,13 @@ def test_small_masks_are_emptied():
     probs = np.zeros((2, 10, 10), np.float32)
     probs[0, :2, :2] = 0.9  # area 4
     probs[1, :5, :5] = 0.9  # area 25
-    masks = np.asarray(postprocess.masks_from_probabilities(probs, 0.5, min_area=10))
+    masks = np.asarray(step.masks_from_probabilities(probs, 0.5, min_area=10))
     assert masks[0].sum() == 0 and masks[1].sum() == 25
 
 
 def test_full_resolution_upsampling_shape():
     logits = jnp.zeros((2, 32, 48, 1))
-    assert postprocess.full_resolution_probabilities(logits).shape == (2, 420, 580)
+    assert step.full_resolution_probabilities(logits).shape == (2, 420, 580)
 
 
 class MetricsUnderJitAndWithout(chex.TestCase):

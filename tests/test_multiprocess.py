@@ -93,19 +93,14 @@ def runs(tiny_kaggle_dir, tmp_path_factory):
 
 def _latest_state(workdir: str):
     import jax
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
 
-    from nerve_jax import checkpoint, parallel, train
+    from nerve_jax import checkpoint, config_util, parallel, step
 
-    config = train.load_config(workdir)
-    replicated = NamedSharding(parallel.make_mesh(), P())
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-        jax.eval_shape(lambda: train.create_train_state(config, jax.random.key(0))))
+    config = config_util.load(workdir)
+    abstract = step.abstract_train_state(config, parallel.make_mesh())
     mngr = checkpoint.manager(workdir, read_only=True)
-    step = mngr.latest_step()
-    return step, jax.device_get(checkpoint.restore(mngr, step, abstract))
+    latest = mngr.latest_step()
+    return latest, jax.device_get(checkpoint.restore(mngr, latest, abstract))
 
 
 def _metrics(workdir: str) -> list[dict]:
@@ -143,10 +138,10 @@ def test_two_processes_train_as_one(runs):
 def _initial_params(workdir: str):
     import jax
 
-    from nerve_jax import train
+    from nerve_jax import config_util, step
 
-    config = train.load_config(workdir)
-    return jax.device_get(train.create_train_state(config, jax.random.key(config.seed)).params)
+    config = config_util.load(workdir)
+    return jax.device_get(step.create_train_state(config, jax.random.key(config.seed)).params)
 
 
 def _evaluate(workdir: str, processes: int, devices: int) -> dict:

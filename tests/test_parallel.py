@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from nerve_jax import parallel, train
+from nerve_jax import parallel, step
 
 
 def _batch(config, seed=0):
@@ -20,12 +20,12 @@ def _batch(config, seed=0):
 
 def _params_after(config, devices, kind, steps=3):
     mesh = parallel.make_mesh(devices)
-    state = parallel.replicate(train.create_train_state(config, jax.random.key(0)), mesh)
-    step = parallel.parallelize(train.per_device_train_step(config), kind, mesh,
-                                out_batched=(False, False))
+    state = parallel.replicate(step.create_train_state(config, jax.random.key(0)), mesh)
+    train_fn = parallel.parallelize(step.per_device_train_step(config), kind, mesh,
+                                    out_batched=(False, False))
     losses = []
     for i in range(steps):
-        state, metrics = step(state, _batch(config, seed=i))
+        state, metrics = train_fn(state, _batch(config, seed=i))
         losses.append(float(metrics["loss"]))
     return jax.device_get((state.params, state.batch_stats)), losses
 
@@ -74,7 +74,7 @@ def test_same_parameters_as_one_device_shard_map(test_config, optimizer_and_refe
 
 def test_training_moves_parameters(test_config, optimizer_and_reference):
     optimizer, ((params, _), _) = optimizer_and_reference
-    initial = train.create_train_state(_config(test_config, optimizer), jax.random.key(0)).params
+    initial = step.create_train_state(_config(test_config, optimizer), jax.random.key(0)).params
     changed = jax.tree.map(lambda a, b: not np.allclose(a, b), initial, params)
     assert all(jax.tree.leaves(changed))
 

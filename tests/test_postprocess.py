@@ -10,7 +10,7 @@ import pytest
 from scipy import ndimage
 from skimage import draw, measure
 
-from nerve_jax import metrics, postprocess
+from nerve_jax import metrics, postprocess, step
 from nerve_jax.errors import UserError
 
 SHAPE = (420, 580)
@@ -130,14 +130,14 @@ def test_config_params_match_the_training_time_masks():
                                         "threshold": 0.45, "min_mask_area": 1500})
     params = postprocess.Settings.from_config(config)
     assert params == postprocess.Settings(threshold=0.45, min_mask_area=1500)
-    expected = postprocess.masks_from_probabilities(jnp.asarray(probs), 0.45, 1500,
+    expected = step.masks_from_probabilities(jnp.asarray(probs), 0.45, 1500,
                                                     jnp.asarray(presence), 0.5)
     np.testing.assert_array_equal(postprocess.apply_batch(probs, presence, params), expected)
 
 
 def test_mean_probability_logit():
     logits = jnp.array([[-30.0, 0.0, 2.0, 40.0], [-10.0, 1.0, -2.0, 35.0]])
-    mean = np.asarray(postprocess.mean_probability_logit(logits))
+    mean = np.asarray(step.mean_probability_logit(logits))
     probs = 1 / (1 + np.exp(-np.asarray(logits, np.float64)))
     np.testing.assert_allclose(1 / (1 + np.exp(-mean)), probs.mean(0), rtol=1e-6)
     np.testing.assert_allclose(mean[:3], np.log(probs.mean(0) / (1 - probs.mean(0)))[:3],
@@ -186,7 +186,7 @@ def _bilinear_half_pixel(image: np.ndarray, shape: tuple[int, int]) -> np.ndarra
 
 def test_full_resolution_probabilities_are_the_bilinear_upsampling_of_the_sigmoid():
     logits = np.random.default_rng(3).normal(0, 3, (2, 12, 20, 1)).astype(np.float32)
-    got = np.asarray(postprocess.full_resolution_probabilities(jnp.asarray(logits)))
+    got = np.asarray(step.full_resolution_probabilities(jnp.asarray(logits)))
     assert got.shape == (2, 420, 580) and got.dtype == np.float32
     for frame, out in zip(logits[..., 0].astype(np.float64), got, strict=True):
         want = _bilinear_half_pixel(1 / (1 + np.exp(-frame)), (420, 580))

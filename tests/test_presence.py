@@ -1,6 +1,5 @@
 """Presence head: model output, BCE terms of the loss, and masks emptied by presence."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from nerve_jax import losses, parallel, postprocess, train
+from nerve_jax import evaluation, losses, parallel, postprocess, step
 from nerve_jax.models import unet
 
 
@@ -50,7 +49,7 @@ def test_the_presence_term_joins_when_the_model_has_the_head():
 
 def test_low_presence_empties_the_mask():
     probs = jnp.full((2, 6, 6), 0.9)
-    masks = postprocess.masks_from_probabilities(probs, 0.5, 0, jnp.array([0.2, 0.8]), 0.5)
+    masks = step.masks_from_probabilities(probs, 0.5, 0, jnp.array([0.2, 0.8]), 0.5)
     assert not masks[0].any() and masks[1].all()
 
 
@@ -59,7 +58,7 @@ def test_train_step_learns_presence(test_config):
     config = test_config()
     config.model.presence_head = True
     config.presence_weight = 1.0
-    state = train.create_train_state(config, jax.random.key(0))
+    state = step.create_train_state(config, jax.random.key(0))
     h, w = config.image_size
     images = np.zeros((8, h, w, 1), np.float32)
     masks = np.zeros((8, h, w, 1), np.float32)
@@ -68,22 +67,22 @@ def test_train_step_learns_presence(test_config):
     batch = {"image": images, "mask": masks}
     mesh = parallel.make_mesh()
     state = parallel.replicate(state, mesh)
-    step = parallel.parallelize(train.per_device_train_step(config), "shard_map", mesh,
-                                out_batched=(False, False), donate_state=True)
+    train_fn = parallel.parallelize(step.per_device_train_step(config), "shard_map", mesh,
+                                    out_batched=(False, False), donate_state=True)
     for _ in range(30):
-        state, _ = step(state, batch)
-    presence = jax.jit(train.predict_step)(jax.device_get(state), {"image": images})["presence"]
+        state, _ = train_fn(state, batch)
+    presence = jax.jit(step.predict_step)(jax.device_get(state), {"image": images})["presence"]
     assert np.all(presence[:4] > 0.5) and np.all(presence[4:] < 0.5), presence
 
 
 @pytest.mark.slow
 @pytest.mark.mutation
-def test_eval_step_empties_the_masks_of_frames_without_presence(test_config):
+def test_the_evaluator_empties_the_masks_of_frames_without_presence(test_config):
     """Every pixel above the threshold, but a presence probability of ~0: the validation Dice
     counts empty masks, 1 on each empty frame and 0 on the frame with a nerve."""
     config = test_config()
     config.model.presence_head = True
-    state = train.create_train_state(config, jax.random.key(0))
+    state = step.create_train_state(config, jax.random.key(0))
     head = state.params["PresenceHead_0"]["Dense_0"]
     head["bias"] = head["bias"] - 50.0
     mesh = parallel.make_mesh(jax.devices()[:4])
@@ -92,17 +91,17 @@ def test_eval_step_empties_the_masks_of_frames_without_presence(test_config):
     mask_full = np.zeros((4, 420, 580), bool)
     mask_full[0, 100:150, 300:380] = True
     batch = {"image": np.random.default_rng(0).random((4, h, w, 1), dtype=np.float32),
-             "mask_full": mask_full, "valid": np.array([True, True, True, False])}
-    def run(presence_threshold):
-        step = functools.partial(train.eval_step, axis_name=parallel.AXIS, threshold=0.0,
-                                 min_area=0, presence_threshold=presence_threshold)
-        fn = parallel.parallelize(step, "shard_map", mesh, out_batched=False)
-        return jax.device_get(fn(state, batch))
+             "mask_full": mask_full, "valid": np.array([True, True, True, False]),
+             "subject": np.ones(4, np.int32), "frame": np.arange(4, dtype=np.int32)}
 
-    sums = run(0.5)
-    assert float(sums["count"]) == 3.0
-    assert float(sums["dice"]) == 2.0  # Two empty frames right, the nerve frame missed.
-    assert float(sums["empty_dice"]) == 2.0
+    def run(presence_threshold):
+        settings = postprocess.Settings(threshold=0.0, presence_threshold=presence_threshold)
+        return evaluation.Evaluator(config, mesh, settings, "test").run(state, [batch]).scores
+
+    scores = run(0.5)
+    assert scores["val_frames"] == 3
+    assert scores["val_dice"] == pytest.approx(2 / 3)  # Two empty frames right, one missed.
+    assert scores["val_empty_dice"] == pytest.approx(2 / 3)
     full_masks = run(0.0)
     want = 2 * mask_full[0].sum() / (mask_full[0].sum() + 420 * 580)  # Whole-frame masks.
-    assert float(full_masks["dice"]) == pytest.approx(want, rel=1e-5)
+    assert full_masks["val_dice"] == pytest.approx(want / 3, rel=1e-5)

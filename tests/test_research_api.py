@@ -11,7 +11,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nerve_jax import cli, config_util, losses, metrics, parallel, registry, train
+from nerve_jax import (
+    cli,
+    config_util,
+    evaluation,
+    losses,
+    metrics,
+    parallel,
+    postprocess,
+    registry,
+    step,
+    train,
+)
 from nerve_jax.submit import inference
 
 HERE = "tests.test_research_api"
@@ -59,7 +70,7 @@ def _user_config(test_config):
 def test_config_strings_resolve_to_the_users_functions(test_config):
     config = _user_config(test_config)
     config_util.check(config, devices=8, processes=1)
-    model = train.create_model(config)
+    model = step.create_model(config)
     assert (type(model).__module__, type(model).__name__) == (HERE, "TinyNet")
     assert set(metrics.from_config(config)) == {"iou", "predicted_fraction"}
     loss = losses.from_config(config)
@@ -77,14 +88,14 @@ def test_the_pure_train_step_runs_under_plain_jit_and_equals_the_sharded_one(tes
     batch = {"image": rng.random((8, h, w, 1), dtype=np.float32),
              "mask": (rng.random((8, h, w, 1)) > 0.7).astype(np.float32)}
     key = jax.random.key(7)
-    plain_state = train.create_train_state(config, jax.random.key(0), axis_name=None)
-    step = jax.jit(functools.partial(train.train_step, loss_fn=losses.from_config(config)))
-    plain, plain_metrics = step(plain_state, batch, key)
+    plain_state = step.create_train_state(config, jax.random.key(0), axis_name=None)
+    train_fn = jax.jit(functools.partial(step.train_step, loss_fn=losses.from_config(config)))
+    plain, plain_metrics = train_fn(plain_state, batch, key)
 
     mesh = parallel.make_mesh(jax.devices()[:1])
-    state = parallel.replicate(train.create_train_state(config, jax.random.key(0)), mesh)
+    state = parallel.replicate(step.create_train_state(config, jax.random.key(0)), mesh)
     sharded_step = parallel.parallelize(
-        lambda s, b: train.train_step(s, b, key, loss_fn=losses.from_config(config),
+        lambda s, b: step.train_step(s, b, key, loss_fn=losses.from_config(config),
                                       axis_name=parallel.AXIS),
         "shard_map", mesh, out_batched=(False, False))
     sharded, sharded_metrics = sharded_step(state, batch)
@@ -99,14 +110,14 @@ def test_the_pure_train_step_runs_under_plain_jit_and_equals_the_sharded_one(tes
 
 def test_the_rng_drives_dropout_and_batchless_models_train(test_config):
     config = _user_config(test_config)
-    state = train.create_train_state(config, jax.random.key(0), axis_name=None)
+    state = step.create_train_state(config, jax.random.key(0), axis_name=None)
     assert state.batch_stats == {}
     h, w = config.image_size
     batch = {"image": np.ones((2, h, w, 1), np.float32), "mask": np.ones((2, h, w, 1), np.float32)}
-    step = jax.jit(functools.partial(train.train_step, loss_fn=losses.from_config(config)))
-    a, _ = step(state, batch, jax.random.key(1))
-    b, _ = step(state, batch, jax.random.key(1))
-    c, _ = step(state, batch, jax.random.key(2))
+    train_fn = jax.jit(functools.partial(step.train_step, loss_fn=losses.from_config(config)))
+    a, _ = train_fn(state, batch, jax.random.key(1))
+    b, _ = train_fn(state, batch, jax.random.key(1))
+    c, _ = train_fn(state, batch, jax.random.key(2))
     same = jax.tree.map(np.array_equal, a.params, b.params)
     differ = jax.tree.map(lambda x, y: not np.array_equal(x, y), a.params, c.params)
     assert all(jax.tree.leaves(same)) and any(jax.tree.leaves(differ))
@@ -115,20 +126,18 @@ def test_the_rng_drives_dropout_and_batchless_models_train(test_config):
 def test_a_metric_is_averaged_over_the_valid_frames_of_every_device(test_config):
     config = test_config()
     config.metrics = (f"{HERE}:predicted_fraction",)
-    state = train.create_train_state(config, jax.random.key(0))
+    state = step.create_train_state(config, jax.random.key(0))
     h, w = config.image_size
     batch = {"image": np.random.default_rng(0).random((8, h, w, 1), dtype=np.float32),
-             "mask_full": np.zeros((8, 420, 580), bool), "valid": np.arange(8) < 6}
+             "mask_full": np.zeros((8, 420, 580), bool), "valid": np.arange(8) < 6,
+             "subject": np.ones(8, np.int32), "frame": np.arange(8, dtype=np.int32)}
     mesh = parallel.make_mesh()
-    step = parallel.parallelize(
-        functools.partial(train.eval_step, axis_name=parallel.AXIS, threshold=0.5, min_area=0,
-                          metric_fns=metrics.from_config(config)),
-        "shard_map", mesh, out_batched=False)
-    sums = jax.device_get(step(parallel.replicate(state, mesh), batch))
-    probs = jax.device_get(jax.jit(train.predict_step)(state, batch))["probs"]
-    want = (probs[:6] > 0.5).mean(axis=(1, 2)).sum()
-    assert float(sums["count"]) == 6
-    assert float(sums["predicted_fraction"]) == pytest.approx(float(want), rel=1e-5)
+    evaluator = evaluation.Evaluator(config, mesh, postprocess.Settings(threshold=0.5), "test")
+    scores = evaluator.run(parallel.replicate(state, mesh), [batch]).scores
+    probs = jax.device_get(jax.jit(step.predict_step)(state, batch))["probs"]
+    want = (probs[:6] > 0.5).mean(axis=(1, 2)).mean()
+    assert scores["val_frames"] == 6
+    assert scores["val_predicted_fraction"] == pytest.approx(float(want), rel=1e-5)
 
 
 @pytest.mark.slow
@@ -143,8 +152,8 @@ def test_a_users_model_loss_and_metric_train_evaluate_checkpoint_and_predict(
     assert result.state.batch_stats == {}
     records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert any("val_predicted_fraction" in r for r in records)
-    evaluation = inference.evaluate(workdir)  # Restores the checkpoint: no batch_stats there.
-    assert 0.0 <= evaluation["val_predicted_fraction"] <= 1.0
+    evaluated = inference.evaluate(workdir)  # Restores the checkpoint: no batch_stats there.
+    assert 0.0 <= evaluated["val_predicted_fraction"] <= 1.0
     assert json.load(open(os.path.join(workdir, inference.EVAL_FILE)))["metrics"] == [
         "iou", "predicted_fraction"]
     out = str(tmp_path / "submission.csv")

@@ -8,7 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from nerve_jax import checkpoint, cli, train
+from nerve_jax import checkpoint, cli, config_util, step, train
+from nerve_jax.data import tfds_builder
 from nerve_jax.errors import UserError
 
 
@@ -29,7 +30,7 @@ def _config(test_config, kaggle_dir, tfds_dir, steps):
 def test_learning_rate_warms_up_then_follows_the_schedule(test_config, schedule):
     config = test_config()
     config.learning_rate, config.warmup_steps, config.lr_schedule = 0.1, 10, schedule
-    lr = train.learning_rate_schedule(config, total_steps=110)
+    lr = step.learning_rate_schedule(config, total_steps=110)
     steps = [0, 5, 10, 60, 110]
     after_warmup = [0.1, 0.1, 0.1] if schedule == "constant" else [
         0.1, 0.05 * (1 + np.cos(np.pi * 50 / 100)), 0.0]  # Cosine from 0.1 to 0 over 100.
@@ -46,7 +47,7 @@ def test_a_missing_kaggle_dir_is_a_clear_error(test_config, tmp_path):
     assert not os.path.exists(tmp_path / "work")
     config.kaggle_dir = str(tmp_path / "nowhere")
     with pytest.raises(UserError, match="config.kaggle_dir folder not found"):
-        train.prepare_data(config, str(tmp_path))
+        tfds_builder.prepare_for(config, str(tmp_path))
 
 
 @pytest.mark.slow
@@ -70,7 +71,7 @@ def test_trains_the_configured_steps_from_step_one(test_config, tiny_kaggle_dir,
     first_best = min(s for s in dice if dice[s] == dice[best])
     assert result.best.step == first_best  # The step that first reached the best Dice.
     assert sorted(mngr.all_steps()) == sorted({best, 3})
-    assert json.load(open(workdir / train.CONFIG_FILE))["num_train_steps"] == 3
+    assert json.load(open(workdir / config_util.CONFIG_FILE))["num_train_steps"] == 3
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import pytest
 from scipy import ndimage
 from skimage import draw
 
-from nerve_jax import cli, metrics, postprocess, train
+from nerve_jax import cli, evaluation, metrics, postprocess, step
 from nerve_jax.data import kaggle, pipeline
 from nerve_jax.errors import UserError
 from nerve_jax.submit import inference, tune
@@ -154,14 +154,14 @@ def test_leave_one_fold_out_scores_each_fold_with_the_others_choice():
 def test_hflip_tta_averages_the_image_and_its_mirror(test_config):
     config = test_config()
     config.model.presence_head = True
-    state = jax.jit(lambda rng: train.create_train_state(config, rng))(jax.random.key(3))
+    state = jax.jit(lambda rng: step.create_train_state(config, rng))(jax.random.key(3))
     images = np.random.default_rng(0).random((2, *config.image_size, 1)).astype(np.float32)
-    predict_step = jax.jit(train.predict_step)
+    predict_step = jax.jit(step.predict_step)
     plain = predict_step(state, {"image": images})
     mirrored = predict_step(state, {"image": images[:, :, ::-1]})
     expected_probs = (np.asarray(plain["probs"]) + np.asarray(mirrored["probs"])[:, :, ::-1]) / 2
     expected_presence = (np.asarray(plain["presence"]) + np.asarray(mirrored["presence"])) / 2
-    tta = jax.jit(train.predict_step, static_argnames="tta")
+    tta = jax.jit(step.predict_step, static_argnames="tta")
     out = tta(state, {"image": images}, tta="hflip")
     np.testing.assert_allclose(out["probs"], expected_probs, atol=2e-6)
     np.testing.assert_allclose(out["presence"], expected_presence, atol=1e-6)
@@ -194,10 +194,10 @@ def _copies(workdirs, tmp_path) -> list[str]:
 @pytest.mark.slow
 def test_train_tune_predict_with_two_folds(two_folds, tiny_kaggle_dir, tmp_path, capsys):
     folds = _copies(two_folds, tmp_path)
-    heldout = inference.load_heldout(folds[0])
+    heldout = evaluation.load_heldout(folds[0])
     assert heldout.logits.dtype == np.float16 and heldout.logits.shape[1:] == (32, 48)
     assert heldout.tta == "hflip" and len(heldout.names) == 12  # 2 subjects x 6 frames.
-    assert set(heldout.val_subjects).isdisjoint(inference.load_heldout(folds[1]).val_subjects)
+    assert set(heldout.val_subjects).isdisjoint(evaluation.load_heldout(folds[1]).val_subjects)
 
     assert cli.main(["tune", "--workdir", folds[0], "--workdir", folds[1], "--workers", "1"]) == 0
     out = capsys.readouterr().out
@@ -230,9 +230,9 @@ def test_ensemble_averages_the_probabilities_of_its_models(two_folds, tiny_kaggl
     images = kaggle.scan_test(test_dir)
     probs, presence = [], []
     for workdir in folds:  # Each model alone, on the same batches predict reads.
-        config, state, _ = inference.restore_best(workdir)
-        fn = jax.jit(functools.partial(train.predict_step,
-                                       tta=inference.resolve_tta(config)))
+        config, state, _ = evaluation.restore_best(workdir)
+        fn = jax.jit(functools.partial(step.predict_step,
+                                       tta=evaluation.resolve_tta(config)))
         state = jax.device_get(state)
         outs = [fn(state, {"image": b["image"]}) for b in
                 pipeline.test_batches(images, config.image_size, config.eval_batch_size)]
@@ -269,11 +269,11 @@ def test_tune_refuses_bad_input(two_folds, tmp_path, capsys):
     with pytest.raises(UserError, match="same subjects"):
         tune.tune([workdir, workdir], write=False)
     [copy] = _copies([workdir], tmp_path)
-    os.remove(os.path.join(copy, inference.HELDOUT_FILE))
+    os.remove(os.path.join(copy, evaluation.HELDOUT_FILE))
     capsys.readouterr()
     assert cli.main(["tune", "--workdir", copy]) == 2
-    assert f"{copy}/{inference.HELDOUT_FILE}: no held-out predictions" in capsys.readouterr().err
-    with open(os.path.join(copy, inference.HELDOUT_FILE), "w") as f:
+    assert f"{copy}/{evaluation.HELDOUT_FILE}: no held-out predictions" in capsys.readouterr().err
+    with open(os.path.join(copy, evaluation.HELDOUT_FILE), "w") as f:
         f.write("not an npz")
     with pytest.raises(UserError, match="unreadable held-out predictions"):
         tune.tune([copy], write=False)

@@ -9,7 +9,8 @@ twins whose speckle partly renewed sit at a similar distance in every subject (m
 synthetic generator's twins, see DEFAULT_THRESHOLD). Pairs of the same subject within a
 threshold where exactly one frame has a nerve are label noise.
 
-Only NumPy is imported at the top: configs import this module for DEFAULT_THRESHOLD.
+Pure NumPy (configs import it for DEFAULT_THRESHOLD); data/pipeline.py reads the frames of a
+TFDS split for it.
 """
 
 import dataclasses
@@ -92,33 +93,3 @@ def closest_nerve_twins(pairs: Sequence[Pair]) -> dict[str, Pair]:
     for pair in sorted(pairs, key=lambda p: (p.distance, p.with_nerve)):
         closest.setdefault(pair.without_nerve, pair)
     return closest
-
-
-def contradictory_pairs_in_split(builder, subjects: Sequence[int],
-                                 threshold: float = DEFAULT_THRESHOLD) -> list[Pair]:
-    """find_contradictory_pairs over the training frames of `subjects` in a TFDS
-    `ultrasound_nerve` builder (features image, subject, frame, has_nerve)."""
-    names, frame_subjects, has_nerve, signatures = [], [], [], []
-    for ex in _train_frames(builder, subjects):
-        names.append(f"{ex['subject']}_{ex['frame']}")
-        frame_subjects.append(int(ex["subject"]))
-        has_nerve.append(bool(ex["has_nerve"]))
-        signatures.append(frame_signature(ex["image"]))
-    if not names:
-        return []
-    return find_contradictory_pairs(names, frame_subjects, has_nerve, np.stack(signatures),
-                                    threshold)
-
-
-def _train_frames(builder, subjects: Sequence[int]):
-    """Yields {image [420, 580] uint8, subject, frame, has_nerve} for frames of `subjects`."""
-    # Imported here, not at the top: configs import this module, and pipeline imports it.
-    import tensorflow as tf
-
-    from nerve_jax.data import pipeline
-
-    ds = pipeline.subject_frames(builder, [int(s) for s in subjects], decode_images=False)
-    ds = ds.map(lambda ex: {"image": tf.io.decode_png(ex["image"], channels=1)[..., 0],
-                            "subject": ex["subject"], "frame": ex["frame"],
-                            "has_nerve": ex["has_nerve"]}, tf.data.AUTOTUNE)
-    return ds.as_numpy_iterator()

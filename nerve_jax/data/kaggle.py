@@ -139,20 +139,35 @@ def list_files(source: str) -> list[tuple[str, str]]:
 
 
 def fingerprint(kaggle_dir: str) -> str:
-    """A digest of the names and sizes of the training and test TIFFs (zipped or not), to
-    recognise the download a TFDS dataset was built from."""
+    """16 hex digits that change when the download's files do: a digest of the training and
+    test TIFFs' names with, for each, its size and CRC-32 inside a zip, or its size and
+    modification time in a folder; and of the two CSVs' contents. A zipped download thus keeps
+    its fingerprint wherever it is copied; an unzipped one, where a copy keeps the times
+    (`cp -p`, `shutil.copytree`). A TIFF in a folder rewritten with other content but the same
+    size and modification time goes unnoticed (a rewrite normally moves the time)."""
     digest = hashlib.sha256()
     for part in ("train", "test"):
         if (source := locate(kaggle_dir, part)) is not None:
             for name, ref in list_files(source):
-                digest.update(f"{part}/{name}:{_file_size(ref)}\n".encode())
+                digest.update(f"{part}/{name}:{_stamp(ref)}\n".encode())
+    for name in (TRAIN_MASKS_CSV, SAMPLE_SUBMISSION_CSV):
+        if fileio.isfile(path := fileio.join(kaggle_dir, name)):
+            content = hashlib.sha256(fileio.read_bytes(path)).hexdigest()
+            digest.update(f"{name}:{content}\n".encode())
     return digest.hexdigest()[:16]
 
 
-def _file_size(ref: str) -> int:
+def _stamp(ref: str) -> str:
     if parts := _split_ref(ref):
-        return _open_zip(parts[0]).getinfo(parts[1]).file_size
-    return fileio.getsize(ref)
+        info = _open_zip(parts[0]).getinfo(parts[1])
+        return f"{info.file_size}:{info.CRC:08x}"
+    if fileio.is_remote(ref):
+        from etils import epath
+
+        stat = epath.Path(ref).stat()
+        return f"{stat.length}:{stat.mtime}"
+    stat = os.stat(ref)
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
 # --- What the download holds ------------------------------------------------------------------

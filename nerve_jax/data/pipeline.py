@@ -198,12 +198,33 @@ def _frame_name(ex: dict) -> tf.Tensor:
                             tf.strings.as_string(ex["frame"])])
 
 
+def contradictory_pairs_in_split(builder: tfds.core.DatasetBuilder, subjects: Sequence[int],
+                                 threshold: float = duplicates.DEFAULT_THRESHOLD,
+                                 ) -> list[duplicates.Pair]:
+    """duplicates.find_contradictory_pairs over the training frames of `subjects` in a TFDS
+    `ultrasound_nerve` builder."""
+    names, frame_subjects, has_nerve, signatures = [], [], [], []
+    ds = subject_frames(builder, [int(s) for s in subjects], decode_images=False)
+    ds = ds.map(lambda ex: {"image": tf.io.decode_png(ex["image"], channels=1)[..., 0],
+                            "subject": ex["subject"], "frame": ex["frame"],
+                            "has_nerve": ex["has_nerve"]}, tf.data.AUTOTUNE)
+    for ex in ds.as_numpy_iterator():
+        names.append(f"{ex['subject']}_{ex['frame']}")
+        frame_subjects.append(int(ex["subject"]))
+        has_nerve.append(bool(ex["has_nerve"]))
+        signatures.append(duplicates.frame_signature(ex["image"]))
+    if not names:
+        return []
+    return duplicates.find_contradictory_pairs(names, frame_subjects, has_nerve,
+                                               np.stack(signatures), threshold)
+
+
 def _contradictory_twins(builder: tfds.core.DatasetBuilder, subjects: Sequence[int], clean: str,
                         threshold: float) -> dict[str, duplicates.Pair]:
     """{empty frame's name: its closest nerve twin} among `subjects`' frames; {} for "keep"."""
     if clean == "keep":
         return {}
-    pairs = duplicates.contradictory_pairs_in_split(builder, subjects, threshold)
+    pairs = contradictory_pairs_in_split(builder, subjects, threshold)
     twins = duplicates.closest_nerve_twins(pairs)
     runtime.logger().info(
         "config.clean=%r: %s %d of the training frames, the empty-mask members of %d "

@@ -6,7 +6,7 @@ what to do."""
 import os
 
 from nerve_jax import fileio
-from nerve_jax.data import kaggle
+from nerve_jax.data import kaggle, synthetic
 from nerve_jax.errors import UserError
 
 COMPETITION = "ultrasound-nerve-segmentation"
@@ -103,7 +103,5 @@ def choose(source: str, drive_path: str, synthetic_out: str, **synthetic_sizes: 
     if source == "kaggle":
         return competition_download()
     if not fileio.isfile(fileio.join(synthetic_out, kaggle.TRAIN_MASKS_CSV)):
-        from nerve_jax.data import synthetic
-
         print(synthetic.generate(synthetic_out, **synthetic_sizes))
     return synthetic_out

@@ -128,6 +128,15 @@ class SynthSummary:
     seconds: float
     ms_per_image: float
 
+    def __str__(self) -> str:
+        return (f"{self.num_train_images} training frames of {self.num_subjects} subjects and "
+                f"{self.num_test_images} test images in {self.seconds:.1f} s "
+                f"({self.ms_per_image:.1f} ms per image)\n"
+                f"frames without a nerve: {self.share_empty:.1%}; frames with one per subject: "
+                f"{self.subject_share_min:.0%} to {self.subject_share_max:.0%} (median "
+                f"{self.subject_share_median:.0%}); median nerve area {self.median_area:.0f} px; "
+                f"{self.num_contradictory_pairs} contradictory near-duplicate pairs")
+
 
 def _rng(seed: int, domain: int, subject: int, stream: int, frame: int = 0) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, domain, subject, stream, frame]))

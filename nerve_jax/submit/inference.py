@@ -1,180 +1,25 @@
-"""Restoring trained models; held-out predictions; evaluating on the validation subjects;
-predicting test images with test-time augmentation, fold ensembles and post-processing."""
+"""Trained models put to use: held-out predictions and `nerve-jax evaluate` (through the
+evaluator), and `Segmenter` / `nerve-jax predict` on test images with test-time augmentation,
+fold ensembles and post-processing."""
 
 import dataclasses
 import functools
-import io
 import json
-import zipfile
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
 
 import jax
-import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from nerve_jax import checkpoint, fileio, metrics, parallel, postprocess, rle, runtime, train
+from nerve_jax import evaluation, fileio, metrics, parallel, postprocess, rle, runtime, step
 from nerve_jax.atomic import atomic_open
-from nerve_jax.data import kaggle, pipeline
+from nerve_jax.data import kaggle, pipeline, tfds_builder
 from nerve_jax.errors import UserError
 from nerve_jax.submit import submission
 
 EVAL_FILE = "eval.json"
 OVERLAY_FILE = "overlay_val.png"
-HELDOUT_FILE = "heldout_predictions.npz"
-
-
-def best_step(workdir: str) -> int:
-    """The step of the checkpoint with the best validation Dice (else the latest)."""
-    mngr = checkpoint.manager(workdir, read_only=True)
-    step = mngr.best_step() or mngr.latest_step()
-    if step is None:
-        raise UserError(f"{workdir}: no checkpoint found; run `nerve-jax train` first")
-    return int(step)
-
-
-def restore_best(workdir: str) -> tuple[ml_collections.ConfigDict, train.TrainState, int]:
-    """(config, replicated state, step) of the checkpoint with the best validation Dice."""
-    config = train.load_config(workdir)
-    step = best_step(workdir)
-    # Shapes only: initialising the model eagerly would cost seconds per workdir.
-    abstract = jax.eval_shape(lambda: train.create_train_state(config, jax.random.key(0)))
-    replicated = NamedSharding(parallel.make_mesh(), P())
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
-    mngr = checkpoint.manager(workdir, read_only=True)
-    return config, checkpoint.restore(mngr, step, abstract), step
-
-
-def resolve_tta(config: ml_collections.ConfigDict, tta: str | None = None) -> str:
-    """`tta` if given, else config.tta."""
-    tta = tta or config.tta
-    if tta not in train.TTA_CHOICES:
-        raise UserError(f"tta={tta!r}: choose one of {train.TTA_CHOICES}")
-    return tta
-
-
-def _gather(x) -> np.ndarray:
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
-def validation_subjects(config: ml_collections.ConfigDict, builder) -> list[int]:
-    frames = pipeline.frames_per_subject(builder)
-    return pipeline.split_subjects(list(frames), config.num_folds, config.fold,
-                                   config.split_seed)[1]
-
-
-def _validation_predictions(config, state, builder, subjects: list[int],
-                            tta: str) -> Iterator[dict]:
-    """Per batch, the valid validation frames of all processes: logits [n, h, w], probs
-    [n, 420, 580], presence [n], image [n, h, w, 1], mask_full [n, 420, 580] bool, subject [n],
-    frame [n]."""
-    def step(state, batch):
-        out = train.predict_step(state, batch, tta=tta)
-        return {**out, **{k: batch[k] for k in ("image", "mask_full", "subject", "frame",
-                                                 "valid")}}
-
-    predict = parallel.parallelize(step, config.parallel, parallel.make_mesh(), out_batched=True)
-    for batch in pipeline.eval_batches(builder, subjects, config.image_size,
-                                       config.eval_batch_size):
-        out = {k: _gather(v) for k, v in predict(state, batch).items()}
-        valid = out.pop("valid")
-        yield {k: v[valid] for k, v in out.items()}
-
-
-class HeldOut(NamedTuple):
-    """A fold's held-out predictions, as saved in workdir/heldout_predictions.npz."""
-
-    names: np.ndarray  # [N] str, "<subject>_<frame>".
-    subjects: np.ndarray  # [N] int32.
-    logits: np.ndarray  # [N, h, w] float16 at the model's resolution (train.predict_step).
-    presence: np.ndarray  # [N] float32.
-    step: int  # The checkpoint that made them.
-    tta: str
-    val_subjects: list[int]
-
-
-def save_heldout(workdir: str, heldout: HeldOut) -> str:
-    path = fileio.join(workdir, HELDOUT_FILE)
-    with atomic_open(path, "wb") as f:
-        np.savez_compressed(f, names=heldout.names, subjects=heldout.subjects,
-                            logits=heldout.logits, presence=heldout.presence,
-                            step=heldout.step, tta=heldout.tta,
-                            val_subjects=np.asarray(heldout.val_subjects, np.int32))
-    return path
-
-
-def load_heldout(workdir: str) -> HeldOut:
-    """workdir/heldout_predictions.npz; UserError naming the file if missing or unreadable."""
-    path = fileio.join(workdir, HELDOUT_FILE)
-    if not fileio.isfile(path):
-        raise UserError(f"{path}: no held-out predictions; `nerve-jax train` writes them when "
-                        f"it ends, `nerve-jax evaluate --workdir {workdir}` rewrites them")
-    try:
-        with np.load(io.BytesIO(fileio.read_bytes(path))) as f:
-            heldout = HeldOut(f["names"], f["subjects"], f["logits"], f["presence"],
-                              int(f["step"]), str(f["tta"]), f["val_subjects"].tolist())
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-        raise UserError(f"{path}: unreadable held-out predictions ({e}); rewrite them with "
-                        f"`nerve-jax evaluate --workdir {workdir}`") from None
-    n = len(heldout.names)
-    if heldout.logits.ndim != 3 or len(heldout.logits) != n or heldout.presence.shape != (n,):
-        raise UserError(f"{path}: arrays of inconsistent shapes; rewrite them with "
-                        f"`nerve-jax evaluate --workdir {workdir}`")
-    return heldout
-
-
-def postprocess_settings(workdir: str,
-                       config: ml_collections.ConfigDict) -> tuple[postprocess.Settings, str, dict]:
-    """(settings, where they come from, tune's report or {}): workdir/postprocess.json when
-    present, else the config's values."""
-    loaded = postprocess.load(workdir)
-    if loaded is None:
-        return (postprocess.Settings.from_config(config),
-                f"config values (no {postprocess.POSTPROCESS_FILE} in {workdir})", {})
-    settings, report = loaded
-    return settings, fileio.join(workdir, postprocess.POSTPROCESS_FILE), report
-
-
-def validation_pass(workdir: str, config: ml_collections.ConfigDict, state: train.TrainState,
-                    step: int, tta: str,
-                    scored: dict[str, postprocess.Settings] | None = None) -> dict:
-    """Predicts the validation subjects once: writes workdir/heldout_predictions.npz and
-    returns the Kaggle Dice (420x580, empty vs empty = 1) of each of `scored`'s settings,
-    as "<name>_dice", next to the all-empty baseline, over the same frames; and config.metrics
-    of the masks of scored["val"], as "metric_<name>"."""
-    scored = scored or {}
-    metric_fns = metrics.from_config(config) if "val" in scored else {}
-    builder = train.prepare_data(config, workdir)
-    subjects = validation_subjects(config, builder)
-    sums = dict.fromkeys([*scored, "empty", *[f"metric_{m}" for m in metric_fns]], 0.0)
-    parts = []
-    for frames in _validation_predictions(config, state, builder, subjects, tta):
-        for name, settings in scored.items():
-            masks = postprocess.apply_batch(frames["probs"], frames["presence"], settings)
-            sums[name] += float(np.sum(metrics.dice_per_image(masks, frames["mask_full"])))
-            if name == "val":
-                for metric, fn in metric_fns.items():
-                    values = np.asarray(fn({**frames, "masks": masks}, frames))
-                    sums[f"metric_{metric}"] += float(np.sum(values))
-        sums["empty"] += float(np.sum(metrics.empty_baseline_per_image(frames["mask_full"])))
-        parts.append({"logits": frames["logits"].astype(np.float16),
-                      "presence": frames["presence"].astype(np.float32),
-                      "subjects": frames["subject"].astype(np.int32),
-                      "names": np.array([f"{s}_{f}" for s, f in
-                                         zip(frames["subject"], frames["frame"], strict=True)])})
-    joined = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    heldout = HeldOut(step=int(step), tta=tta, val_subjects=subjects, **joined)
-    path = save_heldout(workdir, heldout) if jax.process_index() == 0 else None
-    count = len(heldout.names)
-    return {**{(name if name.startswith("metric_") else f"{name}_dice"): total / count
-               for name, total in sums.items()},
-            "frames": count, "val_subjects": subjects, "heldout": path}
 
 
 def write_heldout_predictions(workdir: str, tta: str | None = None) -> dict:
@@ -182,10 +27,21 @@ def write_heldout_predictions(workdir: str, tta: str | None = None) -> dict:
     workdir/heldout_predictions.npz for `nerve-jax tune`: per frame its name, presence
     probability and logits at model resolution (float16)."""
     runtime.start_tensorflow()
-    config, state, step = restore_best(workdir)
-    tta = resolve_tta(config, tta)
-    result = validation_pass(workdir, config, state, step, tta)
-    return {"heldout": result["heldout"], "frames": result["frames"], "step": step, "tta": tta}
+    config, state, best = evaluation.restore_best(workdir, step.FOR_EVALUATION)
+    evaluator = evaluation.with_config_settings(config, parallel.make_mesh(), tta)
+    result, subjects = _validation_pass(workdir, config, state, evaluator)
+    heldout = evaluation.heldout(result, best, subjects)
+    path = evaluation.save_heldout(workdir, heldout) if jax.process_index() == 0 else None
+    return {"heldout": path, "frames": len(heldout.names), "step": best, "tta": heldout.tta}
+
+
+def _validation_pass(workdir: str, config, state,
+                     evaluator: evaluation.Evaluator) -> tuple[evaluation.Evaluation, list[int]]:
+    """The evaluator run on the workdir's validation subjects, their predictions kept."""
+    builder = tfds_builder.prepare_for(config, workdir)
+    subjects = evaluation.validation_subjects(config, builder)
+    batches = evaluation.validation_batches(config, builder, subjects)
+    return evaluator.run(state, batches, keep_predictions=True), subjects
 
 
 def evaluate(workdir: str, tta: str | None = None) -> dict:
@@ -194,37 +50,38 @@ def evaluate(workdir: str, tta: str | None = None) -> dict:
     the all-empty baseline; written to workdir/eval.json with an overlay PNG of some frames.
     Rewrites the held-out predictions on the way."""
     runtime.start_tensorflow()
-    config, state, step = restore_best(workdir)
-    tta = resolve_tta(config, tta)
-    settings, source, report = postprocess_settings(workdir, config)
+    config, state, best = evaluation.restore_best(workdir, step.FOR_EVALUATION)
+    tta = evaluation.resolve_tta(config, tta)
+    settings, source, report = evaluation.settings_of(workdir, config)
     config_params = postprocess.Settings.from_config(config)
-    scored = {"val": settings} if settings == config_params else {"val": settings,
-                                                                "config": config_params}
-    scores = validation_pass(workdir, config, state, step, tta, scored)
+    extra = {} if settings == config_params else {"config_postprocess": config_params}
+    evaluator = evaluation.Evaluator(config, parallel.make_mesh(), settings, source, tta, extra)
+    result, subjects = _validation_pass(workdir, config, state, evaluator)
+    heldout = evaluation.heldout(result, best, subjects)
+    path = evaluation.save_heldout(workdir, heldout) if jax.process_index() == 0 else None
+    scores = result.scores
     tuned_on = set(report.get("tuned_on", {}).get("subjects", []))
-    result = {
-        "val_dice": scores["val_dice"], "val_empty_dice": scores["empty_dice"],
-        "val_dice_config_postprocess": scores.get("config_dice", scores["val_dice"]),
-        "val_frames": scores["frames"],
-        **{f"val_{k.removeprefix('metric_')}": v for k, v in scores.items()
-           if k.startswith("metric_")},
-        "metrics": [k.removeprefix("metric_") for k in scores if k.startswith("metric_")],
-        "step": int(step), "val_subjects": scores["val_subjects"], "tta": tta,
+    out = {
+        **scores,
+        "val_dice_config_postprocess": scores.get("val_dice_config_postprocess",
+                                                  scores["val_dice"]),
+        "metrics": list(evaluator.metric_fns),
+        "step": int(best), "val_subjects": subjects, "tta": tta,
         "postprocess": dataclasses.asdict(settings), "postprocess_source": source,
         "config_postprocess": dataclasses.asdict(config_params),
         # Settings tuned on these very frames score optimistically here; tune reports an
         # estimate from folds it did not tune on.
-        "postprocess_tuned_on_these_frames": bool(tuned_on & set(scores["val_subjects"])),
-        "heldout_predictions": scores["heldout"],
+        "postprocess_tuned_on_these_frames": bool(tuned_on & set(subjects)),
+        "heldout_predictions": path,
         "data": fileio.absolute(config.kaggle_dir),
-        "metric": "Kaggle Dice, per image at 420x580, empty vs empty = 1",
+        "metric": evaluation.METRIC,
     }
     if jax.process_index() == 0:
         with atomic_open(fileio.join(workdir, EVAL_FILE)) as f:
-            json.dump(result, f, indent=2)
-        result["overlay"] = save_overlay(config, state, scores["val_subjects"],
-                                         fileio.join(workdir, OVERLAY_FILE), settings, tta)
-    return result
+            json.dump(out, f, indent=2)
+        out["overlay"] = save_overlay(config, state, subjects,
+                                      fileio.join(workdir, OVERLAY_FILE), settings, tta)
+    return out
 
 
 def _overlay_frames(kaggle_dir: str, subjects: list[int], count: int) -> list[kaggle.TrainPair]:
@@ -248,7 +105,7 @@ def save_overlay(config, state, subjects: list[int], path: str, settings: postpr
     images = np.stack([kaggle.read_tiff(p.image_path) for p in pairs])
     truths = np.stack([kaggle.read_tiff(p.mask_path) > 0 for p in pairs])
     resized = pipeline.resize_image(images[..., None], tuple(config.image_size)).numpy()
-    predict = jax.jit(functools.partial(train.predict_step, tta=tta))
+    predict = jax.jit(functools.partial(step.predict_step, tta=tta))
     predictions = jax.device_get(predict(jax.device_get(state), {"image": resized}))
     preds = postprocess.apply_batch(predictions["probs"], predictions["presence"], settings)
     dices = np.asarray(metrics.dice_per_image(preds, truths))
@@ -291,7 +148,7 @@ class Segmenter:
         self.settings, self.settings_source, self.report = settings, settings_source, report
         self.batch_size = batch_size
         mesh = parallel.make_mesh()
-        self._predictors = [self._predictor(config, t, mesh)
+        self._predictors = [step.parallel_predict_step(config, mesh, t)
                             for (config, _, _), t in zip(models, ttas, strict=True)]
 
     @classmethod
@@ -301,19 +158,12 @@ class Segmenter:
         eval_batch_size."""
         workdirs = [workdirs] if isinstance(workdirs, str) else list(workdirs)
         runtime.start_tensorflow()
-        models = [restore_best(w) for w in workdirs]
-        settings, source, report = postprocess_settings(workdirs[0], models[0][0])
-        ttas = [resolve_tta(config, tta) for config, _, _ in models]
+        models = [evaluation.restore_best(w) for w in workdirs]
+        settings, source, report = evaluation.settings_of(workdirs[0], models[0][0])
+        ttas = [evaluation.resolve_tta(config, tta) for config, _, _ in models]
         batch_size = batch_size or models[0][0].eval_batch_size
         parallel.check_batch_size(batch_size, "batch size")
         return cls(workdirs, models, settings, source, report, ttas, batch_size)
-
-    @staticmethod
-    def _predictor(config, tta: str, mesh):
-        def step(state, batch):
-            out = train.predict_step(state, batch, tta=tta)
-            return {"probs": out["probs"], "presence": out["presence"], "id": batch["id"]}
-        return parallel.parallelize(step, config.parallel, mesh, out_batched=True)
 
     def image_sizes(self) -> list[tuple[int, int]]:
         return [tuple(config.image_size) for config, _, _ in self.models]
@@ -326,9 +176,9 @@ class Segmenter:
         for batches in zip(*streams, strict=True):
             outs = [fn(state, batch) for fn, (_, state, _), batch in
                     zip(self._predictors, self.models, batches, strict=True)]
-            probs = _gather(sum(out["probs"] for out in outs) / len(outs))
-            presence = _gather(sum(out["presence"] for out in outs) / len(outs))
-            ids = _gather(outs[0]["id"])
+            probs = evaluation.gather(sum(out["probs"] for out in outs) / len(outs))
+            presence = evaluation.gather(sum(out["presence"] for out in outs) / len(outs))
+            ids = evaluation.gather(outs[0]["id"])
             keep = ids >= 0
             yield {"probs": probs[keep], "presence": presence[keep], "id": ids[keep]}
 

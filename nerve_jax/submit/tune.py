@@ -31,13 +31,12 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
-from nerve_jax import fileio, postprocess, runtime, train
-from nerve_jax.data import pipeline
+from nerve_jax import config_util, evaluation, fileio, postprocess, runtime, step
+from nerve_jax.data import pipeline, tfds_builder
 from nerve_jax.errors import UserError
-from nerve_jax.submit import inference
 
 BOOLS = (False, True)
-METRIC = "Kaggle Dice, per image at 420x580, empty vs empty = 1"
+METRIC = evaluation.METRIC
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,7 +188,7 @@ def best_index(table: ScoreTable, grid: Grid, defaults: postprocess.Settings) ->
 @jax.jit
 def _full_resolution(logits: jax.Array) -> jax.Array:
     """[n, h, w] logits -> [n, 420, 580] float32 probabilities, exactly as predict does."""
-    return postprocess.full_resolution_probabilities(logits.astype(jnp.float32)[..., None])
+    return step.full_resolution_probabilities(logits.astype(jnp.float32)[..., None])
 
 
 def _true_masks(builder: tfds.core.DatasetBuilder, subjects: Sequence[int],
@@ -206,18 +205,19 @@ def _true_masks(builder: tfds.core.DatasetBuilder, subjects: Sequence[int],
 class Fold(NamedTuple):
     workdir: str
     config: ml_collections.ConfigDict
-    heldout: inference.HeldOut
+    heldout: evaluation.HeldOut
 
 
 def load_fold(workdir: str) -> Fold:
     """A workdir's config and held-out predictions, checked against its best checkpoint."""
-    config = train.load_config(workdir)
-    heldout = inference.load_heldout(workdir)
-    step = inference.best_step(workdir)
-    if heldout.step != step:
+    config = config_util.load(workdir)
+    heldout = evaluation.load_heldout(workdir)
+    best = evaluation.best_step(workdir)
+    if heldout.step != best:
         raise UserError(
-            f"{workdir}/{inference.HELDOUT_FILE} was written from checkpoint step "
-            f"{heldout.step}, but the best checkpoint (the one predict uses) is now step {step}: "
+            f"{workdir}/{evaluation.HELDOUT_FILE} was written from checkpoint step "
+            f"{heldout.step}, but the best checkpoint (the one predict uses) is now step "
+            f"{best}: "
             f"rewrite it with `nerve-jax evaluate --workdir {workdir}`")
     return Fold(workdir, config, heldout)
 
@@ -237,9 +237,9 @@ def check_disjoint(folds: Sequence[Fold]) -> None:
 def _frames(fold: Fold, chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """A fold's held-out frames as (probs [n, 420, 580] float32, presence [n], truths [n, 420,
     580] bool), checked one to one against the validation frames of its TFDS data."""
-    path = f"{fold.workdir}/{inference.HELDOUT_FILE}"
-    builder = train.prepare_data(fold.config, fold.workdir)
-    subjects = inference.validation_subjects(fold.config, builder)
+    path = f"{fold.workdir}/{evaluation.HELDOUT_FILE}"
+    builder = tfds_builder.prepare_for(fold.config, fold.workdir)
+    subjects = evaluation.validation_subjects(fold.config, builder)
     if sorted(subjects) != sorted(fold.heldout.val_subjects):
         raise UserError(f"{path} holds subjects {fold.heldout.val_subjects}, but the workdir's "
                         f"config and data give validation subjects {subjects}: rewrite it with "
