@@ -26,6 +26,8 @@ def _equations(jaxpr):
                     yield from _equations(inner)
 
 
+@pytest.mark.slow
+@pytest.mark.mutation
 def test_bfloat16_convolutions_and_float32_state_and_loss(test_config):
     config = _bf16_config(test_config)
     state = step.create_train_state(config, jax.random.key(0), axis_name=None)

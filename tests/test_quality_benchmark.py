@@ -90,6 +90,7 @@ def _args(download, out, *more):
                                "--out", str(out), *more])
 
 
+@pytest.mark.slow
 def test_outer_folds_test_every_labelled_frame_once_on_subjects_never_trained_on(
         own_download, tmp_path):
     folder_splits = quality.ensure_data(_args(own_download, tmp_path / "a"))
