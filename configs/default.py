@@ -44,6 +44,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.depth = 4
     config.model.base_features = 32
     config.model.upsample = "pixel_shuffle"  # or "transpose" (same function class).
+    config.model.norm = "batch"  # Synchronised BatchNorm after each conv, or "none".
+    # Inputs are [0, 1] grey levels; the model first computes (x - input_mean) / input_std.
+    config.model.input_mean = 0.0
+    config.model.input_std = 1.0
     config.model.dtype = "float32"
     # A "nerve present" logit from the bottleneck, trained with BCE; at prediction a frame whose
     # presence probability is below presence_threshold gets an empty mask.

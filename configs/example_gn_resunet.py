@@ -8,4 +8,6 @@ def get_config():
     config = quickstart.get_config()
     config.model.name = "examples.gn_resunet:GroupNormResUNet"
     config.model.groups = 4  # base_features (12) must be divisible by it.
+    for unet_only in ("norm", "input_mean", "input_std"):
+        del config.model[unet_only]
     return config

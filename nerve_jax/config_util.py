@@ -195,6 +195,9 @@ def schema(model_name: str = "unet") -> dict[str, Field | None]:
             "model.upsample": Field(str, choices=unet.UPSAMPLE_CHOICES),
             "model.dtype": Field(str, choices=unet.DTYPE_CHOICES),
             "model.presence_head": Field(bool),
+            "model.norm": Field(str, choices=unet.NORM_CHOICES),
+            "model.input_mean": Field(float),
+            "model.input_std": Field(float, low=0.0, above_low=True),
         })
     return fields
 
@@ -361,6 +364,9 @@ MIGRATIONS = (
     ("timed checkpoints and non-finite steps", {
         "checkpoint_every_steps": 0, "checkpoint_every_minutes": 0.0, "skip_nonfinite_steps": 0,
     }),
+    ("UNet without BatchNorm, fixed input standardisation", {
+        "model.norm": "batch", "model.input_mean": 0.0, "model.input_std": 1.0,
+    }),
 )
 
 # Fields that earlier versions had, with what became of them.
@@ -378,8 +384,8 @@ def migrate(saved: dict) -> ml_collections.ConfigDict:
     unet_model = saved.get("model", {}).get("name", "unet") == "unet"
     for _, added in MIGRATIONS:
         for name, value in added.items():
-            if name == "model.presence_head" and not unet_model:  # Its fields are its own.
-                continue
+            if name.startswith("model.") and name != "model.name" and not unet_model:
+                continue  # Another model's fields are its own.
             _set_if_missing(config, name, value)
     return config
 

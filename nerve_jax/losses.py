@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import chex
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -20,6 +21,7 @@ from nerve_jax import registry
 LOSSES = {
     "soft_dice": "nerve_jax.losses:soft_dice",
     "soft_dice+bce": "nerve_jax.losses:soft_dice_bce",
+    "batch_dice": "nerve_jax.losses:batch_dice",
 }
 
 LossFn = Callable[[dict, dict], jax.Array]
@@ -61,6 +63,17 @@ def soft_dice_bce(outputs: dict, batch: dict, *, dice_smooth: float = 1.0,
     if pixel_bce_weight:
         loss = loss + pixel_bce_weight * pixel_bce_loss(outputs["logits"], batch["mask"])
     return loss
+
+
+def batch_dice(outputs: dict, batch: dict, *, dice_smooth: float = 1.0) -> jax.Array:
+    """The classic Keras starter's loss, minus the Dice of the whole (per-device) batch of
+    sigmoid outputs: -(2 sum(p t) + s) / (sum(p) + sum(t) + s), the same value for every
+    example, [B] float32 (its mean is that value). One large frame dominates it, and empty
+    frames count only through the others' denominator."""
+    probs = jax.nn.sigmoid(outputs["logits"].astype("float32"))
+    masks = batch["mask"].astype("float32")
+    dice = (2.0 * (probs * masks).sum() + dice_smooth) / (probs.sum() + masks.sum() + dice_smooth)
+    return -dice * jnp.ones(probs.shape[0], jnp.float32)
 
 
 def with_presence(loss: jax.Array, outputs: dict, batch: dict,

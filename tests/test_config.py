@@ -42,7 +42,7 @@ def _problems(config, **kwargs) -> str:
 
 
 def test_the_shipped_configs_pass(test_config):
-    for name in ("default", "quickstart", "test"):
+    for name in ("default", "quickstart", "test", "starter", "example_gn_resunet"):
         config = config_util.load_config_file(f"configs/{name}.py")
         config_util.check(config, devices=8, processes=1)
 
@@ -187,7 +187,8 @@ def test_migration_writes_the_values_earlier_versions_ran_with_not_todays_defaul
         "augment.gamma": [1.0, 1.0], "augment.fill_mode": "reflect", "model.name": "unet",
         "loss": "soft_dice+bce", "loss_args": {}, "metrics": [], "batch_transform": "",
         "batch_transform_args": {}, "checkpoint_every_steps": 0,
-        "checkpoint_every_minutes": 0.0, "skip_nonfinite_steps": 0}
+        "checkpoint_every_minutes": 0.0, "skip_nonfinite_steps": 0, "model.norm": "batch",
+        "model.input_mean": 0.0, "model.input_std": 1.0}
 
 
 def test_an_unreadable_workdir_config_is_named(tmp_path):

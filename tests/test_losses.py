@@ -37,6 +37,14 @@ def _bce_reference(logits, targets):
     return -(targets * np.log(p) + (1 - targets) * np.log(1 - p))
 
 
+def test_batch_dice_is_minus_the_keras_starters_dice_of_the_whole_batch():
+    logits, masks = _inputs()
+    p, t = _sigmoid(logits.astype(np.float64)).ravel(), masks.astype(np.float64).ravel()
+    want = -(2 * (p * t).sum() + 1.0) / (p.sum() + t.sum() + 1.0)
+    got = np.asarray(losses.batch_dice({"logits": logits}, {"mask": masks}, dice_smooth=1.0))
+    np.testing.assert_allclose(got, np.full(len(logits), want), rtol=1e-5)
+
+
 @pytest.mark.parametrize("smooth", [1.0, 500.0])
 def test_soft_dice_equals_its_definition(smooth):
     logits, masks = _inputs()

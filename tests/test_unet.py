@@ -44,3 +44,22 @@ def test_reshape_max_pool_equals_flax_max_pool():
     ours = jax.grad(lambda v: (unet.max_pool_2x2(v) ** 2).sum())(x)
     flax_grad = jax.grad(lambda v: (nn.max_pool(v, (2, 2), (2, 2)) ** 2).sum())(x)
     np.testing.assert_allclose(ours, flax_grad)  # No ties in random normals.
+
+
+def test_without_batchnorm_the_convolutions_have_biases_and_no_statistics():
+    model = unet.UNet(depth=1, base_features=2, norm="none", upsample="transpose")
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
+    variables = jax.jit(model.init)(jax.random.key(0), x)
+    assert "batch_stats" not in variables
+    assert variables["params"]["ConvBlock_0"]["Conv_0"]["bias"].shape == (2,)
+
+
+def test_the_input_is_standardised_by_the_configured_statistics():
+    plain = unet.UNet(depth=1, base_features=2, norm="none")
+    standardised = unet.UNet(depth=1, base_features=2, norm="none", input_mean=0.4,
+                             input_std=0.2)
+    x = jax.random.uniform(jax.random.key(1), (2, 8, 8, 1))
+    variables = plain.init(jax.random.key(0), x)
+    np.testing.assert_allclose(standardised.apply(variables, x)["logits"],
+                               plain.apply(variables, (x - 0.4) / 0.2)["logits"], rtol=1e-5,
+                               atol=1e-6)

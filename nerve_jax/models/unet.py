@@ -14,6 +14,9 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 UPSAMPLE_CHOICES = ("pixel_shuffle", "transpose")
+# "batch": synchronised BatchNorm after each convolution; "none": convolutions with a bias and
+# nothing between them and the ReLU (the classic Keras starter).
+NORM_CHOICES = ("batch", "none")
 # Compute dtypes (parameters stay float32): bfloat16 for GPUs and TPUs.
 DTYPE_CHOICES = ("float32", "bfloat16")
 
@@ -40,15 +43,18 @@ def depth_to_space(x: jax.Array, block: int) -> jax.Array:
 
 
 class ConvBlock(nn.Module):
-    """(3x3 conv -> BatchNorm -> ReLU) twice."""
+    """(3x3 conv -> BatchNorm -> ReLU) twice; with norm "none", (3x3 conv with bias -> ReLU)."""
 
     features: int
     dtype: Any = jnp.float32
     axis_name: str | None = None
+    norm: str = "batch"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        norm = functools.partial(
+        if self.norm not in NORM_CHOICES:
+            raise ValueError(f"unknown norm {self.norm!r}; choose one of {NORM_CHOICES}")
+        batch_norm = functools.partial(
             nn.BatchNorm,
             use_running_average=not train,
             momentum=0.9,
@@ -56,8 +62,8 @@ class ConvBlock(nn.Module):
             dtype=self.dtype,
         )
         for _ in range(2):
-            x = nn.Conv(self.features, (3, 3), use_bias=False, dtype=self.dtype)(x)
-            x = nn.relu(norm()(x))
+            x = nn.Conv(self.features, (3, 3), use_bias=self.norm == "none", dtype=self.dtype)(x)
+            x = nn.relu(batch_norm()(x) if self.norm == "batch" else x)
         return x
 
 
@@ -100,19 +106,28 @@ class PresenceHead(nn.Module):
 
 class UNet(nn.Module):
     """Input [B, H, W, C] float (H, W divisible by 2**depth) -> {"logits": mask logits [B, H, W,
-    1] float32, and with `presence_head` "presence": logits [B] float32}."""
+    1] float32, and with `presence_head` "presence": logits [B] float32}.
+
+    The input is first standardised as (x - input_mean) / input_std (0 and 1: unchanged), so a
+    config can fix the training set's statistics, as the classic starter did."""
 
     depth: int = 4
     base_features: int = 32
     upsample: str = "pixel_shuffle"
     presence_head: bool = False
+    norm: str = "batch"
+    input_mean: float = 0.0
+    input_std: float = 1.0
     dtype: Any = jnp.float32
     axis_name: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         check_input_size(x.shape[1:3], self.depth)
-        block = functools.partial(ConvBlock, dtype=self.dtype, axis_name=self.axis_name)
+        block = functools.partial(ConvBlock, dtype=self.dtype, axis_name=self.axis_name,
+                                  norm=self.norm)
+        if (self.input_mean, self.input_std) != (0.0, 1.0):
+            x = (x - self.input_mean) / self.input_std
         x = x.astype(self.dtype)
         skips = []
         for level in range(self.depth):
