@@ -104,58 +104,23 @@ def test_resume_gives_the_same_parameters_as_a_straight_run(
     assert steps[:4] == [1, 2, 3, 4] and 5 in steps and 8 in steps
 
 
-@pytest.mark.slow
-def test_cli_train_evaluate_predict_check(tiny_kaggle_dir, tfds_dir, tmp_path, capsys):
-    workdir = str(tmp_path / "work")
-    assert (
-        cli.main(
-            [
-                "train",
-                "--config",
-                "configs/test.py",
-                "--workdir",
-                workdir,
-                f"--config.kaggle_dir={tiny_kaggle_dir}",
-                f"--config.tfds_data_dir={tfds_dir}",
-                "--config.num_train_steps=2",
-            ]
-        )
-        == 0
-    )
-    assert cli.main(["evaluate", "--workdir", workdir]) == 0
-    out = capsys.readouterr().out
-    assert "all-empty baseline" in out
-    result = json.load(open(os.path.join(workdir, "eval.json")))
-    assert 0.0 <= result["val_dice"] <= 1.0 and result["val_frames"] > 0
-    assert os.path.getsize(os.path.join(workdir, "overlay_val.png")) > 10_000
-
-    submission = str(tmp_path / "submission.csv")
-    test_dir = os.path.join(tiny_kaggle_dir, "test")
-    assert (
-        cli.main(["predict", "--workdir", workdir, "--out", submission, "--test-dir", test_dir])
-        == 0
-    )
-    lines = open(submission).read().splitlines()
-    assert lines[0] == "img,pixels"
-    assert [int(line.split(",")[0]) for line in lines[1:]] == [1, 2, 3, 4]
-    assert cli.main(["check-submission", submission, "--test-dir", test_dir]) == 0
-
-
 NOISE = ("oneDNN custom operations", "absl::InitializeLog", "WARNING:absl", "read only",
          "read_only=True", "Generating", "Shuffling", "Downloading and preparing",
          "tf_record_dataset_op")
 
 
 @pytest.mark.slow
-def test_the_command_prints_our_lines_only(tiny_kaggle_dir, tmp_path):
+def test_train_evaluate_predict_check_from_the_command_line(tiny_kaggle_dir, tmp_path, capsys):
     """A fresh `nerve-jax train` process, as a user runs it: no TensorFlow, absl, orbax or
-    TFDS lines; ours (the frames `clean` dropped among them) and the progress bars."""
+    TFDS lines; ours (the frames `clean` dropped among them) and the progress bars. Then
+    evaluate, predict and check-submission on its workdir."""
     import subprocess
     import sys
 
+    workdir = str(tmp_path / "work")
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "TF_CPP_MIN_LOG_LEVEL")}
     command = [sys.executable, "-m", "nerve_jax.cli", "train", "--config", "configs/test.py",
-               "--workdir", str(tmp_path / "work"), f"--config.kaggle_dir={tiny_kaggle_dir}",
+               "--workdir", workdir, f"--config.kaggle_dir={tiny_kaggle_dir}",
                f"--config.tfds_data_dir={tmp_path / 'tfds'}", "--config.num_train_steps=2",
                "--config.clean=drop", "--config.duplicate_threshold=1e9",
                "--config.batch_size=4"]  # 7 of the 18 frames are left after the drop.
@@ -165,3 +130,17 @@ def test_the_command_prints_our_lines_only(tiny_kaggle_dir, tmp_path):
     assert [line for line in output.splitlines() if any(n in line for n in NOISE)] == []
     assert "config.clean='drop': dropped" in result.stderr
     assert "best checkpoint: step 2" in result.stdout
+
+    assert cli.main(["evaluate", "--workdir", workdir]) == 0
+    assert "all-empty baseline" in capsys.readouterr().out
+    result = json.load(open(os.path.join(workdir, "eval.json")))
+    assert 0.0 <= result["val_dice"] <= 1.0 and result["val_frames"] > 0
+    assert os.path.getsize(os.path.join(workdir, "overlay_val.png")) > 10_000
+    submission = str(tmp_path / "submission.csv")
+    test_dir = os.path.join(tiny_kaggle_dir, "test")
+    assert cli.main(["predict", "--workdir", workdir, "--out", submission,
+                     "--test-dir", test_dir]) == 0
+    lines = open(submission).read().splitlines()
+    assert lines[0] == "img,pixels"
+    assert [int(line.split(",")[0]) for line in lines[1:]] == [1, 2, 3, 4]
+    assert cli.main(["check-submission", submission, "--test-dir", test_dir]) == 0
