@@ -56,7 +56,8 @@ def get_config() -> ml_collections.ConfigDict:
     # Optimisation.
     config.batch_size = 32  # Global, over all devices and hosts.
     config.eval_batch_size = 32
-    # Loss: "soft_dice", "soft_dice+bce" or "package.module:function" (outputs, batch) -> [B].
+    # Loss: "soft_dice", "soft_dice+bce", "batch_dice" (configs/starter.py) or
+    # "package.module:function" (outputs, batch) -> [B].
     # Its keyword-only parameters come from the config fields of the same name (dice_smooth,
     # pixel_bce_weight) and from loss_args; presence_weight x presence BCE is added whenever
     # the model has a presence head.

@@ -161,8 +161,8 @@ def test_a_users_model_loss_and_metric_train_evaluate_checkpoint_and_predict(
 
 
 @pytest.mark.parametrize("override, message", [
-    ("--config.loss=focal", "config.loss='focal': not a registered name (soft_dice, "
-                            "soft_dice+bce) nor package.module:attribute"),
+    ("--config.loss=focal", "config.loss='focal': not a registered name (batch_dice, "
+                            "soft_dice, soft_dice+bce) nor package.module:attribute"),
     ("--config.loss=no_such_module:focal", "config.loss='no_such_module:focal': cannot import "
                                            "module 'no_such_module' (ModuleNotFoundError"),
     (f"--config.loss={HERE}:nothing", f"module {HERE} has no attribute 'nothing'"),
