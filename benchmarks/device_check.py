@@ -6,8 +6,12 @@
 Needs nerve-jax installed for the device (`pip install -e '.[cuda12]'` or `'.[tpu]'`). Stages,
 each printed as it ends and all in DIR/device_check.json:
 1. train: images/s and MFU (model FLOPs from XLA's cost analysis / time / the device's dense
-   peak) of the train step of configs/gpu.py's model at 128x176, float32 and bfloat16, global
-   batch 64, 128, 256, on device-resident batches (compute only);
+   peak) of the train step of configs/gpu.py's model at 128x176, bfloat16 and float32, global
+   batch 64, 128, 256, on device-resident batches (compute only); next to each, XLA's
+   memory_analysis() of the program it ran and the device's measured peak (memory_stats(),
+   where the row raised it), and for bfloat16 at 128 the `nerve-jax aot` figure of the same
+   program compiled without the device (h100, v5e:1x1, ...), so that the compile-only figures
+   in docs/distributed.md meet a measurement;
 2. inference: full-resolution (420x580) prediction images/s, bfloat16, batch 256;
 3. input: the share of a training step the host spends on input (tf.data `next` plus the
    host-to-device copy) against the step's compute, without and with device prefetch, on
@@ -104,26 +108,80 @@ def stage_train(plan: Plan) -> list[dict]:
     from nerve_jax import parallel, step
 
     mesh, rows = parallel.make_mesh(), []
-    for dtype in ("float32", "bfloat16"):
+    # bfloat16 first: rows in about increasing memory, so that most raise the measured peak.
+    for dtype in ("bfloat16", "float32"):
         for batch in plan.batches:
             config = _config(plan, dtype, batch)
             state = parallel.replicate(step.create_train_state(config, jax.random.key(0)), mesh)
-            train_fn = step.parallel_train_step(config, mesh)
             data = _random_batch(config, batch, mesh)
             flops = _step_flops(config, batch)
-            state, m = train_fn(state, data)  # Compilation.
+            peak_before = _peak_bytes()
+            compiled = step.parallel_train_step(config, mesh).lower(state, data).compile()
+            state, m = compiled(state, data)
             jax.block_until_ready(m)
             start = time.perf_counter()
             for _ in range(plan.steps):
-                state, m = train_fn(state, data)
+                state, m = compiled(state, data)
             jax.block_until_ready((state, m))
             seconds = (time.perf_counter() - start) / plan.steps
             peak = peak_flops(dtype)
             rows.append({"dtype": dtype, "batch": batch, "step_ms": 1e3 * seconds,
                          "images_per_s": batch / seconds, "tflops_per_s": flops / seconds / 1e12,
-                         "mfu": flops / seconds / peak if peak else None})
+                         "mfu": flops / seconds / peak if peak else None,
+                         **_memory_figures(compiled, peak_before)})
+            if dtype == "bfloat16" and batch == plan.batches[len(plan.batches) // 2]:
+                rows[-1]["aot"] = _aot_figures(config, batch)
             _say("train", rows[-1])
     return rows
+
+
+def _peak_bytes() -> int | None:
+    """The device's peak bytes in use so far (None on the CPU, which does not count them)."""
+    import jax
+
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
+def _memory_figures(compiled, peak_before: int | None) -> dict:
+    """XLA's memory_analysis() of the program that ran, per device, in GiB, and the measured
+    peak where this row raised it (None: below an earlier row's peak, or no figure)."""
+    gib = 2**30
+    memory = compiled.memory_analysis()
+    total = (memory.argument_size_in_bytes + memory.output_size_in_bytes
+             - memory.alias_size_in_bytes + memory.temp_size_in_bytes
+             + memory.generated_code_size_in_bytes)
+    peak = _peak_bytes()
+    raised = peak is not None and (peak_before is None or peak > peak_before)
+    return {"xla_temp_gib": memory.temp_size_in_bytes / gib, "xla_total_gib": total / gib,
+            "measured_peak_gib": peak / gib if raised else None}
+
+
+# device_kind substring and device count -> the `nerve-jax aot` target of the same machine.
+AOT_TARGETS = (("H100", 1, "h100"), ("H200", 1, "h100"), ("TPU v5 lite", 1, "v5e:1x1"),
+               ("TPU v5 lite", 4, "v5e:2x2"), ("TPU v5 lite", 8, "v5e:2x4"),
+               ("TPU v6 lite", 1, "v6e:1x1"), ("TPU v4", 4, "v4:2x2x1"))
+
+
+def _aot_figures(config, batch: int) -> dict:
+    """The same train program compiled by `nerve-jax aot` for this machine's target, without
+    using the device: {"target", "temp_gib", "total_gib"}, or {"skipped": why}."""
+    import jax
+
+    from nerve_jax import aot
+
+    kind, count = jax.devices()[0].device_kind, jax.device_count()
+    name = next((t for k, n, t in AOT_TARGETS if k in kind and n == count), None)
+    if name is None:
+        return {"skipped": f"no aot target for {count} x {kind}"}
+    try:
+        checked = aot.checked_config(config, aot.target(name))
+        program = aot.compile_program("train", checked, name, batch)
+    except Exception as e:  # A compile-only failure must not end the device check.
+        return {"target": name, "skipped": f"{type(e).__name__}: {str(e)[:300]}"}
+    gib = 2**30
+    return {"target": name, "temp_gib": program.temporaries / gib,
+            "total_gib": program.total / gib}
 
 
 def _step_flops(config, batch: int) -> float:

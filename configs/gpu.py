@@ -1,12 +1,14 @@
 """One H100/H200-class GPU, bfloat16, on the real data (--config.kaggle_dir=DIR).
 
-Memory: XLA's buffer assignment for the default UNet (depth 4, 32 base features, 7.76 M
-parameters) at 128x176 needs 79 MiB of temporaries per image in float32 (1239 MiB at batch 16,
-5033 MiB at batch 64; compiled with jax 0.10.2, `memory_analysis()`, see docs/performance.md);
-bfloat16 activations take about half. Batch 128 in bfloat16 is then ~5-10 GiB: under an eighth of
-an 80 GiB H100 and a fourteenth of a 141 GiB H200, so it is the data, not the memory, that sets
-it: ~4,500 training frames per fold give 35 steps per epoch at 128. The learning rate follows
-the batch from the default's 1e-3 at 32 by the square root (2e-3 at 128).
+Memory: XLA's figures for one H100 80GB, compiled on a CPU-only machine without one
+(`nerve-jax aot --config configs/gpu.py --topology h100`, jax-cuda12-plugin 0.10.2;
+docs/distributed.md#ahead-of-time-compilation): the train step at batch 128 needs 3.46 GiB in
+bfloat16 (6.90 GiB in float32) of 79.1 GiB, evaluation and prediction at 256 1.82 and 1.66 GiB.
+Without a device XLA picks the convolution algorithms without timing them, so a run may differ
+(benchmarks/device_check.py compares). The largest batch within 90% of the H100 is 4,542, so it
+is the data, not the memory, that sets it: ~4,500 training frames per fold give 35 steps per
+epoch at 128. The learning rate follows the batch from the default's 1e-3 at 32 by the square
+root (2e-3 at 128).
 """
 
 from configs import default

@@ -1,11 +1,15 @@
-"""The TPU chips of one host, bfloat16, on the real data (--config.kaggle_dir=DIR): a Colab
-TPU runtime (v2-8: 8 cores of 8 GiB; v5e-1: 1 chip of 16 GiB) or a v5e/v6e host (4 or 8 chips
-of 16 / 32 GiB). For a pod slice, launch every host with --distributed.
+"""One TPU chip, bfloat16, on the real data (--config.kaggle_dir=DIR): a Colab TPU runtime (one
+chip today, jax.device_count() == 1: v5e-1 with 16 GiB, or v6e-1 with 32 GiB), or the 4 chips of
+a v5e, v6e or v4 host. Several hosts: configs/tpu_pod.py.
 
-Memory: 79 MiB of temporaries per image in float32 at 128x176 for the default UNet (see
-configs/gpu.py), about half in bfloat16. The global batch of 128 splits evenly over 1, 2, 4 or
-8 chips: 16 per core on a v2-8 (~0.7-1.3 GiB of 8), 128 on a single v5e chip (~5-10 GiB of 16).
-Same batch and learning rate as configs/gpu.py, so runs on either compare step for step.
+Batch: 128 global. XLA's figures per chip (`nerve-jax aot --config configs/tpu.py --topology
+v5e:1x1`, jax 0.10.2, libtpu 0.0.42.1; docs/distributed.md#ahead-of-time-compilation): the train
+step needs 3.67 GiB of a v5e chip's 16 GiB (5.78 GiB in float32), 3.69 GiB of a v6e chip's 32
+GiB (`--topology v6e:1x1`) and 2.48 GiB per chip on 4 chips (`v5e:2x2`, `v4:2x2x1`); evaluation
+and prediction at 256 take 1.50 and 1.34 GiB of a v5e chip. `--largest-batch` finds 672 images
+for one v5e chip with 10% of it left free, so it is the data (35 steps per epoch at 128), not
+the memory, that sets the batch. Same batch and learning rate as configs/gpu.py, so runs on
+either compare step for step.
 """
 
 from configs import gpu

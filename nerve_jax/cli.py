@@ -193,6 +193,23 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_aot(args: argparse.Namespace, overrides: list[str]) -> int:
+    from nerve_jax import aot, config_util
+
+    aot.check_compiler(aot.target(args.topology))  # Before any slow work.
+    config = config_util.load_config_file(args.config)
+    config_util.apply_overrides(config, overrides)
+    if args.largest_batch:
+        search = aot.largest_batch(config, args.topology, args.headroom,
+                                   on_probe=lambda p, fits: print(aot.probe_line(p, fits),
+                                                                  flush=True))
+        print("\n".join(aot.search_lines(search)))
+        return 0 if search.largest else 1
+    report = aot.compile_config(config, args.topology, args.programs.split(","))
+    print("\n".join(aot.report_lines(report)))
+    return 0 if all(p.fits for p in report.programs) else 1
+
+
 def _check(path: str, test_dir: str | None) -> int:
     from nerve_jax.data import kaggle
     from nerve_jax.submit import submission
@@ -213,8 +230,8 @@ def _cmd_check_submission(args: argparse.Namespace) -> int:
     return _check(args.file, args.test_dir)
 
 
-# The commands that read data through tf.data.
-TENSORFLOW_COMMANDS = ("build", "train", "evaluate", "tune", "predict")
+# The commands that import TensorFlow: tf.data (aot: through the config checks).
+TENSORFLOW_COMMANDS = ("build", "train", "evaluate", "tune", "predict", "aot")
 # The commands that run on several processes (jax.distributed) when asked. `tune` takes the
 # same flags, but is host work that process 0 does alone.
 DISTRIBUTED_COMMANDS = ("build", "train", "evaluate", "predict")
@@ -308,6 +325,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images per step over all devices (default: the first config's "
                         "eval_batch_size)")
     p.set_defaults(run=_cmd_predict)
+
+    p = command(
+        "aot", help="compile the train, evaluation and prediction steps for a TPU slice or GPU "
+                    "that is not attached: memory per chip, FLOPs, collectives",
+        epilog="Any config field can be overridden: --config.FIELD=VALUE. Needs the target's "
+               "compiler: pip install -e '.[tpu]' (libtpu) or '.[cuda12]' (h100). Exit 1 when "
+               "a program does not fit the chip's memory.")
+    p.add_argument("--config", required=True, help="config file, e.g. configs/tpu.py")
+    p.add_argument("--topology", required=True,
+                   help="v5e:1x1, v6e:1x1, v5e:2x2, v5e:2x4, v4:2x2x1, v5e:4x4 (4 hosts) or h100")
+    p.add_argument("--programs", default="train,eval,predict",
+                   help="comma-separated, from train, eval, predict (default: all)")
+    p.add_argument("--largest-batch", action="store_true",
+                   help="search the largest global batch whose train step fits (several "
+                        "compiles, minutes each for the default UNet)")
+    p.add_argument("--headroom", type=float, default=0.1,
+                   help="--largest-batch: share of a chip's memory left free (default 0.1)")
+    p.set_defaults(run=_cmd_aot, takes_overrides=True)
 
     p = command("check-submission", help="validate a submission CSV (exit 1 if invalid)")
     p.add_argument("file")

@@ -94,12 +94,13 @@ def parallelize(fn: Callable, kind: str, mesh: Mesh, out_batched: Any,
 
 
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Host-local arrays [b, ...] from this process -> global arrays [B, ...] split on 'batch'
-    (arrays already placed so, by `prefetch_to_device`, pass through)."""
+    """Host-local arrays [b, ...] from this process -> global arrays [B, ...] split on 'batch'.
+    Global arrays already placed so (by `prefetch_to_device`), and abstract global arrays
+    (jax.ShapeDtypeStruct, for lowering ahead of time) with that sharding, pass through."""
     sharding = NamedSharding(mesh, P(AXIS))
 
     def place(x):
-        if isinstance(x, jax.Array) and x.sharding == sharding:
+        if isinstance(x, jax.Array | jax.ShapeDtypeStruct) and x.sharding == sharding:
             return x
         return jax.make_array_from_process_local_data(sharding, x)
 

@@ -217,8 +217,8 @@ def _train_loop(config, workdir, builder, train_subjects, val_subjects, total_st
             guard.add(step, step_metrics["finite"])
             logging_step = step % config.log_every_steps == 0 or step == total_steps
             eval_step_now = step % config.eval_every_steps == 0 or step == total_steps
-            stop_now, save_due = distributed.any_process(stop.requested is not None,
-                                         _checkpoint_due(config, step, last_save))
+            stop_now, save_due = _stop_or_save(config, step, last_save, stop,
+                                               at_sync_point=logging_step or eval_step_now)
             if logging_step or eval_step_now or stop_now or save_due:
                 guard.flush()  # Nothing is logged or saved after a non-finite step.
             if logging_step:
@@ -252,13 +252,20 @@ def _train_loop(config, workdir, builder, train_subjects, val_subjects, total_st
     return TrainResult(state, val_metrics, eval_step, best, status, step)
 
 
-def _checkpoint_due(config, step: int, last_save: float) -> bool:
-    """A "latest" checkpoint by config.checkpoint_every_steps or _minutes (0: off), on this
-    process's clock (the loop agrees on it across processes)."""
-    by_steps = config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
+def _stop_or_save(config, step: int, last_save: float, stop: interrupts.StopRequests,
+                  at_sync_point: bool) -> tuple[bool, bool]:
+    """(stop now, save a "latest" checkpoint now), the same on every process. A checkpoint by
+    config.checkpoint_every_steps (0: off) is a matter of the step alone. A stop request and
+    config.checkpoint_every_minutes (0: off, on this process's clock) are each process's own:
+    with several processes they are agreed only where distributed.agreement_due says (one host
+    collective there, not at every step); one process decides at every step."""
+    by_steps = bool(config.checkpoint_every_steps) and step % config.checkpoint_every_steps == 0
+    if not distributed.agreement_due(step, at_sync_point):
+        return False, by_steps
     minutes = config.checkpoint_every_minutes
     by_time = bool(minutes) and time.monotonic() - last_save >= 60 * minutes
-    return bool(by_steps or by_time)
+    stop_now, by_time = distributed.any_process(stop.requested is not None, by_time)
+    return stop_now, by_steps or by_time
 
 
 def _early_stop(workdir, step, best, patience, total_steps, log, progress) -> None:

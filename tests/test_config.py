@@ -47,10 +47,10 @@ def test_the_shipped_configs_pass(test_config):
         config_util.check(config, devices=8, processes=1)
 
 
-@pytest.mark.parametrize("name", ["gpu", "tpu"])
+@pytest.mark.parametrize("name", ["gpu", "tpu", "tpu_pod"])
 def test_the_accelerator_configs_fit_every_host_they_name(name):
-    """bf16; the global batch splits over 1 GPU, and over 1, 4 or 8 TPU chips (a v2-8's 8
-    cores, a v5e-1, a v5e/v6e host) and 2 or 4 hosts of those."""
+    """bf16; the global batch splits over 1 GPU, 1 TPU chip (Colab's v5e-1 or v6e-1), 4 or 8
+    chips on one host (v5e/v6e hosts), 8 chips on 2 hosts and 16 on 4 (v5e slices)."""
     config = config_util.load_config_file(f"configs/{name}.py")
     assert config.model.dtype == "bfloat16"
     for devices, processes in [(1, 1), (4, 1), (8, 1), (8, 2), (16, 4)]:

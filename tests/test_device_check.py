@@ -22,6 +22,8 @@ def test_device_check_smoke_runs_every_stage(tmp_path):
         report = json.load(f)
     assert {row["dtype"] for row in report["train"]} == {"float32", "bfloat16"}
     assert all(row["images_per_s"] > 0 and row["tflops_per_s"] > 0 for row in report["train"])
+    assert all(row["xla_total_gib"] > row["xla_temp_gib"] > 0 for row in report["train"])
+    assert report["train"][0]["aot"] == {"skipped": "no aot target for 2 x cpu"}
     assert report["inference"]["images_per_s"] > 0
     assert [row["prefetch"] for row in report["input"]] == [False, True]
     assert 0 < report["input"][0]["host_input_share"] < 1

@@ -18,7 +18,7 @@ LAYERS = (
     ("nerve_jax.step",),
     ("nerve_jax.config_util",),
     ("nerve_jax.evaluation",),
-    ("nerve_jax.train",),
+    ("nerve_jax.train", "nerve_jax.aot"),
     ("nerve_jax.submit",),
     ("nerve_jax.cli", "nerve_jax.notebook", "nerve_jax"),
 )

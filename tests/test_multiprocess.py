@@ -214,6 +214,34 @@ def test_a_killed_process_stops_the_other(runs, tiny_kaggle_dir, tmp_path):
             or "stopped sending heartbeats" in out), out[-2000:]
 
 
+def test_sigterm_to_one_process_stops_all_at_the_same_step(runs, tiny_kaggle_dir, tmp_path):
+    """SIGTERM to process 1 alone: the processes agree on it at the next log step (no host
+    collective at the steps between), save that step together and exit 0."""
+    workdir = tmp_path / "work"
+    args = ["train", "--config", TEST_CONFIG, "--workdir", str(workdir),
+            f"--config.kaggle_dir={tiny_kaggle_dir}",
+            f"--config.tfds_data_dir={runs['root'] / 'tfds'}", "--config.log_every_steps=10",
+            "--config.num_train_steps=100000", "--config.eval_every_steps=100000"]
+    procs = _start(args, 2, 2)
+    try:
+        _wait_for_training(workdir, procs)
+        procs[1].send_signal(signal.SIGTERM)
+        outputs = [p.communicate(timeout=120)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    assert "a stop request: saved step" in outputs[0] and "SIGTERM: saved step" in outputs[1]
+    saved = {int(out.split("saved step ")[1].split(";")[0]) for out in outputs}
+    assert len(saved) == 1 and saved.pop() % 10 == 0
+    from nerve_jax import checkpoint
+
+    latest = checkpoint.manager(str(workdir), read_only=True).latest_step()
+    assert latest % 10 == 0 and f"saved step {latest};" in outputs[0]
+
+
 def _wait_for_training(workdir, procs, timeout: float = 240) -> None:
     """Until process 0 has logged a training step (config.log_every_steps=1)."""
     deadline = time.monotonic() + timeout

@@ -145,3 +145,19 @@ def test_one_process_decides_alone():
     distributed.all_agree(True, "unused")
     with pytest.raises(UserError, match="the dataset is missing"):
         distributed.all_agree(False, "the dataset is missing")
+
+
+def test_several_processes_agree_only_at_sync_points(monkeypatch):
+    """The training loop's agreement on stop requests and timed checkpoints (a host collective)
+    comes at every step with one process, with several only at log/evaluation steps and every
+    AGREE_EVERY_STEPS steps, so that steps in between are dispatched without waiting."""
+    import jax
+
+    from nerve_jax.runtime import distributed
+
+    every = distributed.AGREE_EVERY_STEPS
+    assert all(distributed.agreement_due(step, False) for step in range(1, 2 * every))
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    due = [step for step in range(1, 3 * every + 1) if distributed.agreement_due(step, False)]
+    assert due == [every, 2 * every, 3 * every]
+    assert distributed.agreement_due(7, at_sync_point=True)

@@ -19,6 +19,7 @@ them itself, first thing: `runtime.reexec_with_huge_pages()`.
 """
 
 import contextlib
+import glob
 import importlib.metadata
 import importlib.util
 import logging
@@ -45,13 +46,37 @@ _verbose = False
 
 def accelerator_expected(environ=os.environ) -> bool:
     """True when JAX will run on a GPU or TPU: JAX_PLATFORMS names one first, or (unset) a JAX
-    GPU/TPU plugin or libtpu is installed. Decided without starting JAX."""
+    GPU/TPU plugin is installed, or libtpu on a host with TPU chips attached (libtpu alone is
+    also `nerve-jax aot`'s compiler on CPU-only machines, where JAX runs on the CPU). Decided
+    without starting JAX."""
     platforms = environ.get("JAX_PLATFORMS", "").strip()
     if platforms:
         return platforms.split(",")[0].strip() != "cpu"
     if importlib.metadata.entry_points(group="jax_plugins"):
         return True
-    return any(importlib.util.find_spec(name) is not None for name in ("libtpu", "jax_plugins"))
+    if importlib.util.find_spec("jax_plugins") is not None:
+        return True
+    return importlib.util.find_spec("libtpu") is not None and tpu_chips_attached()
+
+
+# PCI ids of TPU chips: Google's vendor id and the device ids JAX itself looks for
+# (jax._src.hardware_utils, which decides whether JAX starts its TPU backend).
+_GOOGLE_PCI_VENDOR = "0x1ae0"
+_TPU_PCI_DEVICES = ("0x0027", "0x0056", "0x005e", "0x0062", "0x0063", "0x006f", "0x0076")
+
+
+def tpu_chips_attached(pci_root: str = "/sys/bus/pci/devices") -> bool:
+    """True when a TPU chip is on this host's PCI bus (read from sysfs, without JAX)."""
+    for vendor_path in glob.glob(os.path.join(pci_root, "*", "vendor")):
+        folder = os.path.dirname(vendor_path)
+        try:
+            with open(vendor_path) as vendor, open(os.path.join(folder, "device")) as device:
+                if (vendor.read().strip() == _GOOGLE_PCI_VENDOR
+                        and device.read().strip() in _TPU_PCI_DEVICES):
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 def _jax_backend_started() -> bool:

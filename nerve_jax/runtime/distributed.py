@@ -192,6 +192,22 @@ def process_zero_says(flag: bool) -> bool:
     return bool(multihost_utils.broadcast_one_to_all(np.array(flag)))
 
 
+# With several processes, the most training steps between two agreements (agreement_due).
+AGREE_EVERY_STEPS = 50
+
+
+def agreement_due(step: int, at_sync_point: bool) -> bool:
+    """Whether the training loop agrees on the processes' own flags (a stop request, a timed
+    checkpoint: any_process) at `step`. One process: at every step, as there is nothing to
+    exchange. Several: only at sync points (log and evaluation steps, where every process waits
+    for its devices anyway) and every AGREE_EVERY_STEPS steps, so that between them no host
+    waits for the devices and steps are dispatched ahead. Every process takes the same steps,
+    so a request is acted on by all at the same step, at most AGREE_EVERY_STEPS steps later."""
+    import jax
+
+    return jax.process_count() == 1 or at_sync_point or step % AGREE_EVERY_STEPS == 0
+
+
 def any_process(*flags: bool) -> tuple[bool, ...]:
     """Each flag true on any process: every process takes the same decision at the same step,
     with one collective for all the flags when there are several processes."""
