@@ -14,8 +14,8 @@ on the CPU (and stays there for the rest of the process).
 
 The compiler of the target must be installed: libtpu for TPUs (`pip install -e '.[tpu]'`),
 JAX's CUDA plugin for the GPU target (`pip install -e '.[cuda12]'`). On the GPU target XLA
-compiles without a device, so it picks convolution algorithms by cuDNN's heuristics instead of
-measuring them: its temporaries may differ from a run's.
+compiles without a device, so it cannot time candidate convolution algorithms as it does on a
+GPU: its temporaries may differ from a run's.
 """
 
 import dataclasses
@@ -183,7 +183,7 @@ class Collective:
     op: str  # all-reduce, all-gather, reduce-scatter, collective-permute, all-to-all
     count: int
     bytes: int  # Their results' bytes, all together.
-    where: str  # The source line that emitted them (e.g. "psum at nerve_jax/step.py:156").
+    where: str  # The source line that emitted them (e.g. "psum at nerve_jax/step.py:159").
 
 
 @dataclasses.dataclass(frozen=True)
@@ -315,7 +315,8 @@ def _cost(stage) -> dict:
 
 def _flops(compiled, lowered) -> tuple[float | None, str]:
     """XLA's FLOP count of one chip's step: of the compiled program where the backend gives
-    it (TPU), else of the program before XLA's optimisations (GPU compiled without one)."""
+    it (TPU), else of the program before XLA's optimisations; None where neither is given (the
+    GPU target, compiled without a device)."""
     for stage, source in ((compiled, "compiled program"), (lowered, "program before XLA's "
                                                            "optimisations")):
         flops = _cost(stage).get("flops")
@@ -359,8 +360,8 @@ def largest_batch(config: ml_collections.ConfigDict, name: str,
                   on_probe: Callable[[Program, bool], None] | None = None) -> Search:
     """The largest global batch (a multiple of the chips) whose train step fits a chip's memory
     with `headroom` left: doubling (or halving) from config.batch_size to bracket it, then
-    bisection over multiples of the chips, each probe where the line through the figures at
-    the bracket's ends meets the limit (memory grows about linearly with the batch), or at the
+    bisection over multiples of the chips, each probe where a line through the figures found
+    meets the limit (memory grows about linearly with the batch, _interpolate), or at the
     middle after two probes on one side. Memory need not grow monotonically near the limit
     (XLA rematerialises), so this is the largest batch found under it. `on_probe(program,
     fits)` hears of every compile."""
@@ -422,19 +423,21 @@ def _within(program: Program, limit: float) -> bool:
 
 
 def _interpolate(probes: dict, lo: int, hi: int, limit: float, n: int) -> int:
-    """A multiple of n strictly between lo and hi: where the line through lo's total and the
-    next larger compiled probe's meets `limit` (the two largest below when XLA refused hi),
-    else the midpoint."""
+    """A multiple of n strictly between lo and hi where a line meets `limit` (at least lo + n):
+    the line through the two largest compiled probes up to lo (memory is about linear there),
+    else through lo and the smallest compiled probe from hi; the midpoint when neither meets
+    it below hi."""
     known = sorted((b, p.total) for b, p in probes.items() if not p.error)
-    above = [point for point in known if point[0] >= hi]
     below = [point for point in known if point[0] <= lo]
-    pair = ((lo, probes[lo].total), above[0]) if above else tuple(below[-2:])
-    guess = (lo + hi) / 2
-    if len(pair) == 2 and pair[1][1] > pair[0][1]:
-        (x0, y0), (x1, y1) = pair
-        guess = x0 + (limit - y0) * (x1 - x0) / (y1 - y0)
-    guess = int(guess) // n * n
-    return min(max(guess, lo + n), hi - n)
+    above = [point for point in known if point[0] >= hi]
+    pairs = [tuple(below[-2:])] + ([((lo, probes[lo].total), above[0])] if above else [])
+    for pair in pairs:
+        if len(pair) == 2 and pair[1][1] > pair[0][1]:
+            (x0, y0), (x1, y1) = pair
+            guess = max(int(x0 + (limit - y0) * (x1 - x0) / (y1 - y0)) // n * n, lo + n)
+            if guess < hi:
+                return guess
+    return min(max((lo + hi) // 2 // n * n, lo + n), hi - n)
 
 
 # --- Collectives of the compiled program ----------------------------------------------------
