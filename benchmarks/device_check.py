@@ -16,7 +16,8 @@ each printed as it ends and all in DIR/device_check.json:
 3. input: the share of a training step the host spends on input (tf.data `next` plus the
    host-to-device copy) against the step's compute, without and with device prefetch, on
    the real pipeline at batch 128;
-4. quickstart: `scripts/quickstart.sh`'s commands on the GPU, each timed;
+4. quickstart: `scripts/quickstart.sh`'s commands on the GPU, each timed (in this process,
+   so without the seconds a command spends starting Python, JAX and TensorFlow);
 5. kaggle: the whole pipeline at Kaggle size on a synthetic download (benchmarks/build_speed.py's:
    47 subjects x 120 frames, 5,508 test images): build, train fold 0 with configs/gpu.py, tune,
    predict, each timed, more folds while the budget lasts, and the projected 5-fold total
@@ -28,7 +29,6 @@ import argparse
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -262,9 +262,13 @@ def stage_input(plan: Plan, data: str, tfds_dir: str) -> list[dict]:
 
 
 def _cli(*args: str) -> float:
-    """Runs `nerve-jax ARGS` as a user would; its wall-clock seconds."""
+    """Runs `nerve-jax ARGS` in this process; its wall-clock seconds. Not in a child process:
+    this one's JAX holds the device (most of a GPU's memory, preallocated)."""
+    from nerve_jax import cli
+
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "nerve_jax.cli", *args], check=True, cwd=REPO)
+    if cli.main(list(args)) != 0:
+        raise RuntimeError(f"nerve-jax {' '.join(args)} failed")
     return time.perf_counter() - start
 
 
@@ -279,8 +283,9 @@ def _synth(folder: str, sizes: tuple[int, int, int]) -> float:
 def stage_quickstart(plan: Plan, root: str) -> dict:
     data, work, tfds = (os.path.join(root, "quickstart", p) for p in ("data", "work", "tfds"))
     times = {"synth_s": _synth(data, plan.quickstart)}
-    times["train_s"] = _cli("train", "--config", "configs/quickstart.py", "--workdir", work,
-                            f"--config.kaggle_dir={data}", f"--config.tfds_data_dir={tfds}",
+    times["train_s"] = _cli("train", "--config", os.path.join(REPO, "configs", "quickstart.py"),
+                            "--workdir", work, f"--config.kaggle_dir={data}",
+                            f"--config.tfds_data_dir={tfds}",
                             *plan.train_overrides)
     times["evaluate_s"] = _cli("evaluate", "--workdir", work)
     times["tune_s"] = _cli("tune", "--workdir", work, "--quiet")
@@ -301,8 +306,9 @@ def stage_kaggle(plan: Plan, root: str, deadline: float) -> dict:
         if fold and time.monotonic() + max(train_s) + 60 > deadline:
             break
         work = os.path.join(root, "kaggle", f"fold{fold}")
-        train_s.append(_cli("train", "--config", "configs/gpu.py", "--workdir", work,
-                            f"--config.kaggle_dir={data}", f"--config.tfds_data_dir={tfds}",
+        train_s.append(_cli("train", "--config", os.path.join(REPO, "configs", "gpu.py"),
+                            "--workdir", work, f"--config.kaggle_dir={data}",
+                            f"--config.tfds_data_dir={tfds}",
                             f"--config.fold={fold}", *plan.train_overrides))
         folds.append(work)
     tune_args = [a for w in folds for a in ("--workdir", w)]
@@ -335,11 +341,12 @@ def main(argv=None):
     plan = SMOKE if args.smoke else Plan()
     deadline = time.monotonic() + args.budget_s
     os.makedirs(args.out, exist_ok=True)
-    import jax
-
     from nerve_jax import runtime
 
+    runtime.configure()  # Before JAX starts: the commands of stages 4 and 5 run in this process.
     runtime.start_tensorflow()
+    import jax
+
     report = {"date": time.strftime("%Y-%m-%d"), "device": jax.devices()[0].device_kind,
               "devices": jax.device_count(), "jax": jax.__version__, "smoke": args.smoke}
     _say("device", report)

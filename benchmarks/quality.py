@@ -67,9 +67,15 @@ class System:
     tuned: bool = False
     tta: str = "none"
     folds: int = 1
+    config: str = ""  # A config file (repository-relative) other than --config.
+    step_scale: int = 1  # x --steps.
 
     def key(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        fields = dataclasses.asdict(self)
+        for name in ("config", "step_scale"):  # Keys of results cached before these fields.
+            if fields[name] == getattr(System, name):
+                del fields[name]
+        return json.dumps(fields, sort_keys=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +110,30 @@ EXTENSIONS = (
 )
 
 
+# --choices: one change at a time against the CPU recipe (--config at --image-size), for real
+# frames, where a greedy row's presence decisions cannot be judged (every frame holds a nerve).
+# A row whose config has another batch size trains for as many images, not steps.
+def _starter(learning_rate: str):
+    return lambda s: System(config="configs/starter.py", overrides=(
+        "--config.image_size=96,96", f"--config.learning_rate={learning_rate}"))
+
+
+CHOICES = (
+    Piece("starter (Keras U-Net, 96x96), Adam 1e-4", _starter("1e-4")),
+    Piece("starter, Adam 1e-3", _starter("1e-3")),
+    Piece("starter, Adam 1e-5 (published)", _starter("1e-5")),
+    Piece("tuned post-processing", lambda s: dataclasses.replace(s, tuned=True)),
+    Piece("loss soft Dice (no BCE)", _override("--config.loss=soft_dice")),
+    Piece("loss focal Tversky", _override("--config.loss=examples.focal_tversky:focal_tversky")),
+    Piece("augmentation on (no flip)", _override("--config.augment.enabled=true")),
+    Piece("input 128x176", _override("--config.image_size=128,176")),
+    Piece("base features 24", _override("--config.model.base_features=24")),
+    Piece("learning rate 1e-3", _override("--config.learning_rate=1e-3")),
+    Piece("constant learning rate", _override("--config.lr_schedule=constant")),
+    Piece("twice the steps", lambda s: dataclasses.replace(s, step_scale=2)),
+)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--kaggle-dir", default="",
@@ -130,6 +160,12 @@ def parse_args(argv=None):
     p.add_argument("--extensions", action="store_true",
                    help="instead of the greedy rows: each examples/ extension on top of the "
                         "plain UNet with tuned post-processing")
+    p.add_argument("--choices", action="store_true",
+                   help="instead of the greedy rows: the starter and one change at a time "
+                        "against the plain recipe (for real frames, which all hold a nerve)")
+    p.add_argument("--only", default="",
+                   help="with --choices: the rows whose names contain one of these "
+                        "comma-separated words (a budget-limited part of the table)")
     return p.parse_args(argv)
 
 
@@ -250,24 +286,37 @@ def run_dir(args) -> str:
     return os.path.join(args.out, data_name(args), f"{config}_{size}_steps{args.steps}")
 
 
-def base_config(args, split: Split):
-    config = config_util.load_config_file(args.config)
+def base_config(args, split: Split, system: System = System()):
+    """--config (or the system's own config file) at --image-size, trained on as many images
+    as --steps of --config's batch (x the system's step_scale), then the system's overrides."""
+    config = config_util.load_config_file(
+        os.path.join(REPO, system.config) if system.config else args.config)
     config_util.apply_overrides(config, [f"--config.image_size={args.image_size}"])
     config.kaggle_dir, config.tfds_data_dir = split.data, split.tfds_dir
-    config.num_train_steps = args.steps
-    config.eval_every_steps = max(1, args.steps // args.evals)
+    config_util.apply_overrides(config, list(system.overrides))
+    images = args.steps * system.step_scale * config_util.load_config_file(args.config).batch_size
+    config.num_train_steps = max(1, round(images / config.batch_size))
+    config.eval_every_steps = max(1, config.num_train_steps // args.evals)
     config.log_every_steps = config.eval_every_steps
     return config
 
 
-def train_workdir(args, split: Split, overrides: tuple[str, ...], seed: int, fold: int,
+def workdir_name(system: System) -> str:
+    parts = [o.removeprefix("--config.").replace("=", "_") for o in system.overrides]
+    if system.config:
+        parts.insert(0, os.path.splitext(os.path.basename(system.config))[0])
+    if system.step_scale != 1:
+        parts.append(f"steps_x{system.step_scale}")
+    return "-".join(parts) or "plain"
+
+
+def train_workdir(args, split: Split, system: System, seed: int, fold: int,
                   timings: dict) -> str:
-    """The workdir of one training run, trained (or resumed) to --steps."""
-    name = "-".join(o.removeprefix("--config.").replace("=", "_") for o in overrides) or "plain"
-    workdir = os.path.join(run_dir(args), name, split.name, f"seed{seed}", f"fold{fold}")
-    config = base_config(args, split)
-    config_util.apply_overrides(config, [*overrides, f"--config.seed={seed}",
-                                         f"--config.fold={fold}"])
+    """The workdir of one training run, trained (or resumed) to its steps."""
+    workdir = os.path.join(run_dir(args), workdir_name(system), split.name, f"seed{seed}",
+                           f"fold{fold}")
+    config = base_config(args, split, system)
+    config_util.apply_overrides(config, [f"--config.seed={seed}", f"--config.fold={fold}"])
     done = os.path.join(workdir, "trained_seconds.json")
     if not os.path.isfile(done):
         start = time.perf_counter()
@@ -319,7 +368,7 @@ def run_system(args, splits: list[Split], system: System) -> dict:
     for seed in range(args.seeds):
         scores = []
         for split in splits:
-            workdirs = [train_workdir(args, split, system.overrides, seed, fold, timings)
+            workdirs = [train_workdir(args, split, system, seed, fold, timings)
                         for fold in range(system.folds)]
             scores.append(score_models(split, system, workdirs))
             params.append(postprocess.load(workdirs[0])[0].describe() if system.tuned
@@ -390,6 +439,8 @@ def main(argv=None):
               "images": len(empty["dice"]), "data_seconds": data_seconds}
     if args.extensions:
         record["extension_rows"] = extension_rows(args, splits, results, path)
+    elif args.choices:
+        record["choice_rows"] = choice_rows(args, splits, results, path)
     else:
         record.update(greedy_rows(args, splits, results, path, empty))
     record["seconds"] = time.perf_counter() - start
@@ -436,6 +487,28 @@ def extension_rows(args, splits: list[Split], results: dict, path: str) -> list[
         rows.append({"row": piece.name, "dice": float(np.mean(result["dice"])),
                      "seed_dice": result["seed_dice"], "change": change[0], "ci95": change[1],
                      "train_seconds": result["train_seconds"]})
+    return rows
+
+
+def choice_rows(args, splits: list[Split], results: dict, path: str) -> list[dict]:
+    """The plain recipe, then each of CHOICES (or those --only names) with its paired change
+    against it; not greedy."""
+    base_system = System()
+    base = cached(args, splits, base_system, results, path)
+    print(format_row("recipe: " + os.path.basename(args.config), base), flush=True)
+    rows = [{"row": "recipe", "dice": float(np.mean(base["dice"])),
+             "seed_dice": base["seed_dice"], "train_seconds": base["train_seconds"]}]
+    wanted = [w for w in args.only.split(",") if w]
+    for piece in CHOICES:
+        if wanted and not any(w in piece.name for w in wanted):
+            continue
+        result = cached(args, splits, piece.add(base_system), results, path)
+        change = paired_change(result["dice"], base["dice"])
+        print(format_row(piece.name, result, change), flush=True)
+        rows.append({"row": piece.name, "dice": float(np.mean(result["dice"])),
+                     "seed_dice": result["seed_dice"], "change": change[0], "ci95": change[1],
+                     "train_seconds": result["train_seconds"],
+                     "postprocess": result["postprocess"]})
     return rows
 
 

@@ -1,11 +1,26 @@
-"""Test set-up: 8 forced CPU devices and nerve-jax's runtime settings (before JAX starts), and
-a tiny synthetic Kaggle folder."""
+"""Test set-up: the CPU backend with 8 forced devices, one JAX compilation cache for the run and
+nerve-jax's runtime settings (before JAX starts), and a tiny synthetic Kaggle folder."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The suite runs on the CPU wherever it runs, and its processes (children too) skip probing
+# for GPUs and TPUs: with libtpu installed for `nerve-jax aot`, each JAX start tried the TPU.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Most of the suite's CPU time was XLA compiling the same few programs again: in each command
+# a test starts, each relaunch of a killed run, each training of a benchmark's smoke run. One
+# persistent cache, made by the first process (pytest, or its xdist controller) and inherited
+# by the workers and every child, compiles each once; it is removed when that process ends.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="nerve-jax-tests-xla-cache-")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import pytest  # noqa: E402
 

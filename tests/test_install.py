@@ -1,5 +1,6 @@
 """The accelerator extras resolve with pip against the jax installed here: JAX's own CUDA 12
-plugin of the same version, and libtpu. Needs the package index (CI has it)."""
+plugin of the same version, and libtpu. Needs the package index (CI has it). An extra that is
+already installed resolves to nothing new: what is installed is then what pip found fitting."""
 
 import json
 import subprocess
@@ -24,7 +25,8 @@ def test_accelerator_extras_resolve(extra, wanted, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     installs = {item["metadata"]["name"]: item["metadata"]["version"]
                 for item in json.loads(report.read_text())["install"]}
-    assert wanted in installs
+    # Already installed (CI installs the tpu extra): pip found the installed one fitting.
+    version = installs[wanted] if wanted in installs else metadata.version(wanted)
     assert "jax" not in installs and "jaxlib" not in installs  # The installed jax is kept.
     if extra == "cuda12":
-        assert installs[wanted] == metadata.version("jax")
+        assert version == metadata.version("jax")

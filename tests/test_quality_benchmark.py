@@ -48,6 +48,34 @@ def test_each_piece_adds_one_thing_to_the_system_it_builds_on():
         tuned=True, tta="hflip", folds=2)
 
 
+def test_each_choice_changes_one_thing_and_trains_on_as_many_images(tmp_path):
+    """--choices: the starter rows differ from each other only in the learning rate, the
+    others from the recipe in one field; a row with another batch size or step scale trains on
+    the images --steps of the recipe's batch would, the validations following its steps."""
+    args = quality.parse_args(["--config", "configs/quickstart.py", "--steps", "400",
+                               "--image-size", "96,128", "--evals", "2"])
+    split = quality.Split("", str(tmp_path / "data"), str(tmp_path / "tfds"), {})
+    recipe = quality.base_config(args, split)
+    assert (recipe.num_train_steps, recipe.eval_every_steps, recipe.batch_size) == (400, 200, 16)
+    assert tuple(recipe.image_size) == (96, 128)
+    recipe_fields = recipe.to_dict()
+    for piece in quality.CHOICES:
+        system = piece.add(quality.System())
+        config = quality.base_config(args, split, system)
+        images = config.num_train_steps * config.batch_size
+        assert images == 400 * 16 * system.step_scale
+        assert config.eval_every_steps == config.num_train_steps // 2
+        if piece.name.startswith("starter"):
+            assert tuple(config.image_size) == (96, 96) and config.model.norm == "none"
+            assert config.learning_rate == float(piece.name.split("Adam ")[1].split(" ")[0])
+            continue
+        changed = {k for k, v in config.to_dict().items() if v != recipe_fields[k]}
+        changed -= {"num_train_steps", "eval_every_steps", "log_every_steps"}
+        assert len(changed) <= 1 and (changed or system.tuned or system.step_scale == 2)
+    assert quality.System().key() == (  # Results cached before the config and step fields.
+        '{"folds": 1, "overrides": [], "tta": "none", "tuned": false}')
+
+
 # --- --kaggle-dir: out-of-fold scoring of a user's own download ----------------------------
 
 def _kaggle_folder(tmp_path_factory, subjects=6, frames=10):
@@ -117,7 +145,14 @@ def test_outer_folds_test_every_labelled_frame_once_on_subjects_never_trained_on
 
 
 @pytest.mark.slow
-def test_kaggle_dir_ablation_runs_end_to_end_out_of_fold(own_download, tmp_path, capsys):
+def test_kaggle_dir_ablation_runs_end_to_end_out_of_fold(own_download, tmp_path, capsys,
+                                                         monkeypatch):
+    """The pieces that need no new model, and the one that adds a model per outer fold: 4
+    trainings instead of the full table's 12."""
+    pieces = [p for p in quality.PIECES
+              if p.name in ("tuned post-processing", "hflip TTA", "2-fold ensemble")]
+    assert len(pieces) == 3
+    monkeypatch.setattr(quality, "PIECES", tuple(pieces))
     quality.main(["--kaggle-dir", str(own_download), "--outer-folds", "2",
                   "--config", "configs/test.py", "--image-size", "32,48", "--steps", "4",
                   "--seeds", "1", "--evals", "1", "--out", str(tmp_path)])
