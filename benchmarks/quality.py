@@ -123,7 +123,8 @@ CHOICES = (
     Piece("starter, Adam 1e-3", _starter("1e-3")),
     Piece("starter, Adam 1e-5 (published)", _starter("1e-5")),
     Piece("tuned post-processing", lambda s: dataclasses.replace(s, tuned=True)),
-    Piece("loss soft Dice (no BCE)", _override("--config.loss=soft_dice")),
+    # The recipe's soft_dice+bce adds per-pixel BCE only with a pixel_bce_weight (0 by default).
+    Piece("loss + per-pixel BCE (weight 0.5)", _override("--config.pixel_bce_weight=0.5")),
     Piece("loss focal Tversky", _override("--config.loss=examples.focal_tversky:focal_tversky")),
     Piece("augmentation on (no flip)", _override("--config.augment.enabled=true")),
     Piece("input 128x176", _override("--config.image_size=128,176")),

@@ -279,7 +279,7 @@ def test_tune_refuses_bad_input(two_folds, tmp_path, capsys):
         tune.tune([copy], write=False)
     result = tune.tune([workdir], write=False)
     assert result["leave_one_fold_out_dice"] is None and result["files"] == []
-    in_two_processes = tune.tune([workdir], write=False, workers=2)
+    in_two_processes = tune.tune([workdir], write=False, workers=2, chunk=2)
     assert in_two_processes["heldout_dice"] == result["heldout_dice"]
     assert not os.path.exists(os.path.join(workdir, postprocess.POSTPROCESS_FILE))
 

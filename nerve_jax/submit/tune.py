@@ -318,10 +318,11 @@ def leave_one_fold_out(tables: Sequence[ScoreTable], grid: Grid,
 
 
 def tune(workdirs: Sequence[str], grid: Grid = Grid(), write: bool = True,
-         workers: int = 1, progress: bool = False) -> dict:
+         workers: int = 1, progress: bool = False, chunk: int = 32) -> dict:
     """Chooses post-processing settings on the pooled held-out predictions of `workdirs` (one
     per fold) and writes them, with how they scored, to postprocess.json in each workdir.
-    `workers` > 1 scores frames in that many processes; `progress` shows a progress bar."""
+    `workers` > 1 scores `chunk` frames at a time in that many processes (no more processes
+    than chunks: each one starts TensorFlow); `progress` shows a progress bar."""
     start = time.perf_counter()
     runtime.start_tensorflow()
     folds = [load_fold(w) for w in workdirs]
@@ -329,9 +330,10 @@ def tune(workdirs: Sequence[str], grid: Grid = Grid(), write: bool = True,
     defaults = postprocess.Settings.from_config(folds[0].config)
     grid = grid.including(defaults)
     frames = sum(len(f.heldout.names) for f in folds)
+    workers = min(workers, sum(-(-len(f.heldout.names) // chunk) for f in folds))
     with (_process_pool(workers) as pool,
           tqdm(total=frames, desc="tune", unit="frame", disable=not progress) as bar):
-        tables = [fold_table(fold, grid, pool, 2 * workers, bar) for fold in folds]
+        tables = [fold_table(fold, grid, pool, 2 * workers, bar, chunk) for fold in folds]
     pooled = functools.reduce(lambda a, b: a + b, tables)
     chosen_index = best_index(pooled, grid, defaults)
     chosen, default_index = grid.settings(chosen_index), grid.index(defaults)
