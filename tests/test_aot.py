@@ -121,8 +121,8 @@ def test_the_largest_batch_is_the_last_multiple_of_the_chips_that_fits(
 
 @pytest.fixture(scope="module")
 def compiled():
-    """The test config's train step for 1 and 4 v5e chips (global batch 8), and for 1 chip at
-    global batch 40: 15, 7 and 22 s of compiling on 2 cores."""
+    """The test config's train step for 1 and 4 v5e chips (global batch 8: 8 and 2 images per
+    chip): 15 and 7 s of compiling on 2 cores."""
     config = config_util.load_config_file(TEST_CONFIG)
     with pytest.MonkeyPatch.context() as env:  # What aot sets before libtpu loads, undone.
         for name, value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_ACCELERATOR_TYPE", "v5litepod-4"),
@@ -130,9 +130,7 @@ def compiled():
             env.setenv(name, value)
         reports = {name: aot.compile_config(config, name, programs=("train",))
                    for name in ("v5e:1x1", "v5e:2x2")}
-        checked = aot.checked_config(config, aot.target("v5e:1x1"))
-        bigger = aot.compile_program("train", checked, "v5e:1x1", 40)
-    return {"reports": reports, "bigger": bigger}
+    return {"reports": reports}
 
 
 @pytest.mark.slow
@@ -182,8 +180,7 @@ def test_the_four_chip_program_holds_the_gradient_all_reduce(compiled):
 @pytest.mark.slow
 @needs_libtpu
 def test_the_reported_memory_grows_with_the_batch(compiled):
-    """Through the batch: for this tiny model XLA's temporaries stay about flat from 8 to 40
-    images (and its totals need not grow at every step: 24 images took more than 32)."""
-    eight, bigger = compiled["reports"]["v5e:1x1"].programs[0], compiled["bigger"]
-    assert bigger.batch > 4 * eight.batch  # As XLA lays it out: its tiles' padding varies.
-    assert bigger.total > eight.total + 3 * eight.batch
+    """Per chip, 8 images against 2 (the same replicated state): more batch and more in all."""
+    eight, two = (compiled["reports"][n].programs[0] for n in ("v5e:1x1", "v5e:2x2"))
+    assert eight.batch == 4 * two.batch
+    assert eight.total > two.total + 3 * two.batch
