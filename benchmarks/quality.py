@@ -290,12 +290,13 @@ def run_dir(args) -> str:
 def base_config(args, split: Split, system: System = System()):
     """--config (or the system's own config file) at --image-size, trained on as many images
     as --steps of --config's batch (x the system's step_scale), then the system's overrides."""
-    config = config_util.load_config_file(
-        os.path.join(REPO, system.config) if system.config else args.config)
+    config = config_util.load_config_file(args.config)
+    images = args.steps * system.step_scale * config.batch_size
+    if system.config:
+        config = config_util.load_config_file(os.path.join(REPO, system.config))
     config_util.apply_overrides(config, [f"--config.image_size={args.image_size}"])
     config.kaggle_dir, config.tfds_data_dir = split.data, split.tfds_dir
     config_util.apply_overrides(config, list(system.overrides))
-    images = args.steps * system.step_scale * config_util.load_config_file(args.config).batch_size
     config.num_train_steps = max(1, round(images / config.batch_size))
     config.eval_every_steps = max(1, config.num_train_steps // args.evals)
     config.log_every_steps = config.eval_every_steps
