@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     runtime.configure(verbose=args.verbose)
-    launch = None
+    launch, peer_lost = None, False
     try:
         if args.command in DISTRIBUTED_COMMANDS and (launch := distributed.from_args(args)):
             distributed.initialize(launch, on_cpu=not runtime.accelerator_expected())
@@ -376,11 +376,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         if reason := distributed.lost_peer(e):
             print(f"error: {reason}", file=sys.stderr)
+            peer_lost = True
         else:
             traceback.print_exc()
         code = 1
     if launch is not None:
-        distributed.exit_now(code)
+        distributed.exit_now(code, grace=0 if peer_lost else 30)
     return code
 
 

@@ -23,6 +23,8 @@ DEFAULT_HEARTBEAT_TIMEOUT = 100  # s, JAX's default.
 # The key process 0 publishes when shared work is done: its value is "" or the error.
 _DONE_KEY = "nerve_jax/{name}/{call}"
 _calls = 0
+# The key each process other than 0 publishes as it leaves (exit_now).
+_LEAVING_KEY = "nerve_jax/leaving/{process}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,13 +257,34 @@ def lost_peer(error: BaseException) -> str | None:
             "processes' output for the cause")
 
 
-def exit_now(code: int) -> None:
-    """Ends a failed process of several at once. A normal exit would wait at JAX's shutdown
-    barrier for processes that may be waiting for this one; gone, it is noticed by the others
-    (within --heartbeat-timeout), which stop too."""
+def exit_now(code: int, grace: float = 30) -> None:
+    """Ends a process of several at once. A normal exit would wait at JAX's shutdown barrier
+    for processes that may be waiting for this one; gone, it is noticed by the others (within
+    --heartbeat-timeout), which stop too. Process 0 hosts the coordinator, whose end the others
+    see as a lost peer even while they are stopping for the same reason (a config error every
+    process finds): it leaves last, once every other process has said it leaves, or after
+    `grace` seconds."""
     import os
     import sys
 
+    _say_leaving(grace)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _say_leaving(grace: float) -> None:
+    from jax._src import distributed
+
+    state, deadline = distributed.global_state, time.monotonic() + grace
+    if state.client is None:
+        return
+    try:
+        if state.process_id != 0:
+            state.client.key_value_set(_LEAVING_KEY.format(process=state.process_id), "")
+            return
+        for process in range(1, state.num_processes):
+            wait_ms = int(max(deadline - time.monotonic(), 0.001) * 1000)
+            state.client.blocking_key_value_get(_LEAVING_KEY.format(process=process), wait_ms)
+    except Exception:  # noqa: BLE001 - a process gone or the coordinator lost: leave anyway.
+        pass
