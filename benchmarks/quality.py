@@ -132,6 +132,8 @@ CHOICES = (
     Piece("learning rate 1e-3", _override("--config.learning_rate=1e-3")),
     Piece("constant learning rate", _override("--config.lr_schedule=constant")),
     Piece("twice the steps", lambda s: dataclasses.replace(s, step_scale=2)),
+    Piece("augmentation on, 4x the steps", lambda s: dataclasses.replace(
+        _override("--config.augment.enabled=true")(s), step_scale=4)),
 )
 
 

@@ -82,6 +82,8 @@ def test_different_seed_gives_different_augmentation(config):
     assert not np.array_equal(first["image"], next_step["image"])
 
 
+@pytest.mark.slow
+@pytest.mark.mutation
 def test_resumed_stream_equals_the_uninterrupted_one(builder, config):
     augment_config = _augment_config(config)
     # 24 frames in batches of 8: steps 3-5 are the second epoch, reshuffled and re-augmented.

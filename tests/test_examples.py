@@ -43,6 +43,8 @@ def test_focal_tversky_equals_its_definition():
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.mutation
 def test_cutmix_pastes_image_and_mask_from_the_same_partner():
     rng = np.random.default_rng(0)
     batch = {"image": jnp.asarray(rng.random((6, 16, 24, 1)), jnp.float32),

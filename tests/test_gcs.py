@@ -51,7 +51,7 @@ def _cli(*args, env=None, timeout=600):
 
 
 @pytest.mark.slow
-def test_train_resume_evaluate_tune_predict_in_a_bucket(gcs, tiny_kaggle_dir):
+def test_train_resume_tune_predict_in_a_bucket(gcs, tiny_kaggle_dir):
     bucket = _client(gcs).bucket(BUCKET)
     for part in ("train", "test"):
         bucket.blob(f"data/{part}.zip").upload_from_string(
@@ -63,16 +63,17 @@ def test_train_resume_evaluate_tune_predict_in_a_bucket(gcs, tiny_kaggle_dir):
     for steps in (2, 4):  # The second run resumes from the first one's checkpoint in the bucket.
         result = _cli(*train, f"--config.num_train_steps={steps}")
         assert result.returncode == 0, result.stderr[-3000:]
-    for command in (["evaluate", "--workdir", run], ["tune", "--workdir", run, "--quiet"],
+    # train wrote the held-out predictions that tune reads; `evaluate` writes through the same
+    # fileio calls as train and tune do (a child process in the bucket costs ~20 s).
+    for command in (["tune", "--workdir", run, "--quiet"],
                     ["predict", "--workdir", run, "--out", submission]):
         result = _cli(*command)
         assert result.returncode == 0, (command, result.stderr[-3000:])
     assert f"{submission}: valid" in result.stdout  # predict checks what it wrote
 
     names = {blob.name for blob in bucket.list_blobs()}
-    assert {f"run/{name}" for name in ("config.json", "eval.json", "overlay_val.png",
-                                       "heldout_predictions.npz", "postprocess.json",
-                                       "metrics.jsonl")} <= names
+    assert {f"run/{name}" for name in ("config.json", "heldout_predictions.npz",
+                                       "postprocess.json", "metrics.jsonl")} <= names
     assert any(n.startswith("run/checkpoints/4/") for n in names)
     assert any(n.startswith("run/tensorboard/") for n in names)
     assert any(n.startswith("tfds/ultrasound_nerve/") for n in names)

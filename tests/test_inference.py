@@ -252,6 +252,8 @@ def later_worse_workdir(full_size_workdir, tmp_path_factory):
     return copy
 
 
+@pytest.mark.slow
+@pytest.mark.mutation
 def test_a_workdir_config_names_what_training_would_miss(later_worse_workdir):
     with pytest.raises(config_util.ConfigError, match="module_of_the_training_shell"):
         config_util.load(later_worse_workdir, step.FOR_TRAINING)

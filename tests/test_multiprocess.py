@@ -1,7 +1,7 @@
 """Several processes for real: `nerve-jax train|evaluate|predict` launched as 2 processes x 2
 forced CPU devices (jax.distributed, a local coordinator, gloo collectives) against 1 process x
-4 devices at the same global batch; checkpoints restored across topologies; a killed process;
-bad launch flags.
+8 devices (the test process itself) at the same global batch; checkpoints restored across
+topologies; a killed process; bad launch flags.
 
 Tolerances: the two runs differ only in the order of floating-point reductions (gloo's
 all-reduce between processes against XLA's within one), about 1e-7 relative per step. The runs
@@ -80,15 +80,25 @@ def _run(args, processes, devices, extra=()) -> list[tuple[int, str]]:
 
 @pytest.fixture(scope="module")
 def runs(tiny_kaggle_dir, tmp_path_factory):
-    """One training run on 2 processes x 2 devices and one on 1 x 4, same data and config."""
+    """One training run on 2 processes x 2 devices and one on this process's 8 devices, same
+    data and config."""
     root = tmp_path_factory.mktemp("multiprocess")
     data = [f"--config.kaggle_dir={tiny_kaggle_dir}", f"--config.tfds_data_dir={root / 'tfds'}"]
-    workdirs = {"2x2": str(root / "two_processes"), "1x4": str(root / "one_process")}
-    outputs = {}
-    for name, (processes, devices) in {"2x2": (2, 2), "1x4": (1, 4)}.items():
-        args = ["train", "--config", TEST_CONFIG, "--workdir", workdirs[name], *data, *TRAIN]
-        outputs[name] = _run(args, processes, devices)
+    workdirs = {"2x2": str(root / "two_processes"), "1x8": str(root / "one_process")}
+    train = ["train", "--config", TEST_CONFIG, *data, *TRAIN]
+    outputs = {"2x2": _run([*train, "--workdir", workdirs["2x2"]], 2, 2)}
+    _in_this_process([*train, "--workdir", workdirs["1x8"]])
     return {"workdirs": workdirs, "outputs": outputs, "root": root}
+
+
+def _in_this_process(args: list[str]) -> None:
+    """A command on 1 process x the 8 devices of the test process (tests/conftest.py)."""
+    import jax
+
+    from nerve_jax import cli
+
+    assert jax.device_count() == 8
+    assert cli.main(args) == 0
 
 
 def _latest_state(workdir: str):
@@ -111,7 +121,7 @@ def _metrics(workdir: str) -> list[dict]:
 def test_two_processes_train_as_one(runs):
     import jax
 
-    two, one = runs["workdirs"]["2x2"], runs["workdirs"]["1x4"]
+    two, one = runs["workdirs"]["2x2"], runs["workdirs"]["1x8"]
     (step_two, state_two), (step_one, state_one) = _latest_state(two), _latest_state(one)
     assert step_two == step_one == 6
     moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), state_one.params,
@@ -144,12 +154,16 @@ def _initial_params(workdir: str):
     return jax.device_get(step.create_train_state(config, jax.random.key(config.seed)).params)
 
 
-def _evaluate(workdir: str, processes: int, devices: int) -> dict:
+def _evaluate(workdir: str, processes: int, devices: int, capsys) -> dict:
     if os.path.exists(os.path.join(workdir, "eval.json")):
         os.remove(os.path.join(workdir, "eval.json"))
-    outputs = _run(["evaluate", "--workdir", workdir], processes, devices)
-    assert "Kaggle Dice" in outputs[0][1]
-    assert all("Kaggle Dice" not in out for _, out in outputs[1:])
+    if processes == 1:
+        _in_this_process(["evaluate", "--workdir", workdir])
+        assert "Kaggle Dice" in capsys.readouterr().out
+    else:
+        outputs = _run(["evaluate", "--workdir", workdir], processes, devices)
+        assert "Kaggle Dice" in outputs[0][1]
+        assert all("Kaggle Dice" not in out for _, out in outputs[1:])
     with open(os.path.join(workdir, "eval.json")) as f:
         result = json.load(f)
     with np.load(os.path.join(workdir, "heldout_predictions.npz")) as f:
@@ -158,13 +172,13 @@ def _evaluate(workdir: str, processes: int, devices: int) -> dict:
     return result
 
 
-@pytest.mark.parametrize("written_by", ["2x2", "1x4"])
-def test_checkpoints_restore_on_other_topologies(runs, written_by):
-    """Written by 2 processes x 2 devices, evaluated on 1 x 8 and 2 x 2; written by 1 x 4,
-    evaluated on 2 x 2 and 1 x 1: the same Kaggle Dice and held-out logits each way."""
+@pytest.mark.parametrize("written_by", ["2x2", "1x8"])
+def test_checkpoints_restore_on_other_topologies(runs, written_by, capsys):
+    """Written by 2 processes x 2 devices and evaluated on 1 x 8, and the other way round:
+    the same Kaggle Dice and held-out logits as an evaluation on the writer's topology."""
     workdir = runs["workdirs"][written_by]
-    topologies = [(1, 8), (2, 2)] if written_by == "2x2" else [(2, 2), (1, 1)]
-    results = [_evaluate(workdir, p, d) for p, d in topologies]
+    topologies = [(1, 8), (2, 2)]
+    results = [_evaluate(workdir, p, d, capsys) for p, d in topologies]
     for result in results[1:]:
         assert result["step"] == results[0]["step"]
         assert result["val_dice"] == pytest.approx(results[0]["val_dice"], abs=1e-6)
@@ -183,7 +197,7 @@ def test_predict_and_tune_on_two_processes(runs, tmp_path):
     csv_two, csv_one = str(tmp_path / "two.csv"), str(tmp_path / "one.csv")
     outputs = _run(["predict", "--workdir", workdir, "--out", csv_two], 2, 2)
     assert f"{csv_two}: valid" in outputs[0][1] and "valid" not in outputs[1][1]
-    _run(["predict", "--workdir", workdir, "--out", csv_one], 1, 1)
+    _in_this_process(["predict", "--workdir", workdir, "--out", csv_one])
     with open(csv_two) as a, open(csv_one) as b:
         assert a.read() == b.read()
 

@@ -51,6 +51,8 @@ def test_eight_devices_are_forced():
 @pytest.mark.parametrize("num_devices,kind", [(8, "shard_map"),
                                                pytest.param(1, "pmap", marks=pytest.mark.slow),
                                                pytest.param(8, "pmap", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.mutation
 def test_same_parameters_as_one_device_shard_map(test_config, optimizer_and_reference,
                                                   num_devices, kind):
     optimizer, (want, want_losses) = optimizer_and_reference
@@ -72,6 +74,8 @@ def test_same_parameters_as_one_device_shard_map(test_config, optimizer_and_refe
         assert diffs.max() < lr
 
 
+@pytest.mark.slow
+@pytest.mark.mutation
 def test_training_moves_parameters(test_config, optimizer_and_reference):
     optimizer, ((params, _), _) = optimizer_and_reference
     initial = step.create_train_state(_config(test_config, optimizer), jax.random.key(0)).params

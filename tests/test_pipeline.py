@@ -113,6 +113,8 @@ def _train_batches(builder, monkeypatch, process: int, processes: int, start_ste
     return list(itertools.islice(batches, count))
 
 
+@pytest.mark.slow
+@pytest.mark.mutation
 @pytest.mark.parametrize("augmented", [False, True])
 def test_processes_feed_their_slots_of_the_same_global_batches(tiny_builder, monkeypatch,
                                                                augmented):

@@ -108,6 +108,8 @@ def test_the_pure_train_step_runs_under_plain_jit_and_equals_the_sharded_one(tes
                                                          rel=1e-6)
 
 
+@pytest.mark.slow
+@pytest.mark.mutation
 def test_the_rng_drives_dropout_and_batchless_models_train(test_config):
     config = _user_config(test_config)
     state = step.create_train_state(config, jax.random.key(0), axis_name=None)
@@ -123,6 +125,8 @@ def test_the_rng_drives_dropout_and_batchless_models_train(test_config):
     assert all(jax.tree.leaves(same)) and any(jax.tree.leaves(differ))
 
 
+@pytest.mark.slow
+@pytest.mark.mutation
 def test_a_metric_is_averaged_over_the_valid_frames_of_every_device(test_config):
     config = test_config()
     config.metrics = (f"{HERE}:predicted_fraction",)

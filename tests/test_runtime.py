@@ -60,6 +60,8 @@ print(json.dumps({{"done": done, "xla_flags": os.environ.get("XLA_FLAGS", "")}})
 """
 
 
+@pytest.mark.slow
+@pytest.mark.mutation
 @pytest.mark.skipif(not xla_flags.enabled({}), reason="flags not set for this jaxlib")
 @pytest.mark.parametrize("jax_started", [False, True])
 def test_configure_adds_the_cpu_flags_only_before_jax_starts(jax_started):
@@ -82,7 +84,9 @@ print("a line of our own", file=sys.stderr)
 """
 
 
-@pytest.mark.parametrize("verbose", [False, pytest.param(True, marks=pytest.mark.slow)])
+@pytest.mark.slow  # A child process that starts TensorFlow.
+@pytest.mark.mutation
+@pytest.mark.parametrize("verbose", [False, True])
 def test_tensorflow_start_up_lines_are_dropped_unless_verbose(verbose):
     stderr = subprocess.run([sys.executable, "-c", TENSORFLOW_PROBE.format(verbose=verbose)],
                             env=_clean_env(), check=True, capture_output=True,

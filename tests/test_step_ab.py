@@ -29,6 +29,7 @@ def test_main_records_each_variant_every_round(capsys):
         assert {"step_s_min", "step_s_median", "ratio_to_first"} <= set(result)
 
 
+@pytest.mark.slow  # XLA refuses the option only when it compiles the step.
 def test_an_unknown_option_is_refused():
     with pytest.raises(Exception, match="xla_cpu_no_such_option"):
         step_ab.main(["xla_cpu_no_such_option=1", "--rounds", "1", *TINY])

@@ -270,6 +270,8 @@ def _texture_stats(image: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     return stats
 
 
+@pytest.mark.slow
+@pytest.mark.mutation
 def test_texture_follows_the_real_frames():
     """Per subject one frame with the nerve and one without, 12 subjects: medians in the bands."""
     frames = []

@@ -20,6 +20,8 @@ def test_logits_have_the_input_size_and_float32(upsample):
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
 
 
+@pytest.mark.slow
+@pytest.mark.mutation
 def test_batchnorm_statistics_move_in_training():
     model = unet.UNet(depth=1, base_features=2)
     x = jax.random.normal(jax.random.key(1), (4, 8, 8, 1)) + 3.0
@@ -46,6 +48,8 @@ def test_reshape_max_pool_equals_flax_max_pool():
     np.testing.assert_allclose(ours, flax_grad)  # No ties in random normals.
 
 
+@pytest.mark.slow
+@pytest.mark.mutation
 def test_without_batchnorm_the_convolutions_have_biases_and_no_statistics():
     model = unet.UNet(depth=1, base_features=2, norm="none", upsample="transpose")
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
@@ -54,6 +58,8 @@ def test_without_batchnorm_the_convolutions_have_biases_and_no_statistics():
     assert variables["params"]["ConvBlock_0"]["Conv_0"]["bias"].shape == (2,)
 
 
+@pytest.mark.slow
+@pytest.mark.mutation
 def test_the_input_is_standardised_by_the_configured_statistics():
     plain = unet.UNet(depth=1, base_features=2, norm="none")
     standardised = unet.UNet(depth=1, base_features=2, norm="none", input_mean=0.4,

@@ -49,6 +49,8 @@ def _relative_error_of_a_mean(flags: str) -> float:
     return float(out.split()[-1])
 
 
+@pytest.mark.slow
+@pytest.mark.mutation
 @pytest.mark.skipif(not xla_flags.enabled({}), reason="flags not set for this jaxlib")
 def test_the_reduce_fusion_type_keeps_batchnorm_means_accurate():
     """A float32 mean of 49k values near 10: ~1e-7 relative error with nerve-jax's flag; with
