@@ -69,10 +69,11 @@ class System:
     folds: int = 1
     config: str = ""  # A config file (repository-relative) other than --config.
     step_scale: int = 1  # x --steps.
+    evals: int = 0  # Evaluations (checkpoints to pick the best from) per training; 0: --evals.
 
     def key(self) -> str:
         fields = dataclasses.asdict(self)
-        for name in ("config", "step_scale"):  # Keys of results cached before these fields.
+        for name in ("config", "step_scale", "evals"):  # Keys of results cached before these.
             if fields[name] == getattr(System, name):
                 del fields[name]
         return json.dumps(fields, sort_keys=True)
@@ -134,6 +135,10 @@ CHOICES = (
     Piece("twice the steps", lambda s: dataclasses.replace(s, step_scale=2)),
     Piece("augmentation on, 4x the steps", lambda s: dataclasses.replace(
         _override("--config.augment.enabled=true")(s), step_scale=4)),
+    # configs/cpu.py as it is (16-frame batches: 1600 steps at --steps 400), then tune.
+    Piece("CPU recipe: configs/cpu.py (augmentation, 4x the steps, best of 8 evaluations), "
+          "tuned", lambda s: dataclasses.replace(s, config="configs/cpu.py", step_scale=4,
+                                                 evals=8, tuned=True)),
 )
 
 
@@ -300,7 +305,7 @@ def base_config(args, split: Split, system: System = System()):
     config.kaggle_dir, config.tfds_data_dir = split.data, split.tfds_dir
     config_util.apply_overrides(config, list(system.overrides))
     config.num_train_steps = max(1, round(images / config.batch_size))
-    config.eval_every_steps = max(1, config.num_train_steps // args.evals)
+    config.eval_every_steps = max(1, config.num_train_steps // (system.evals or args.evals))
     config.log_every_steps = config.eval_every_steps
     return config
 
@@ -311,6 +316,8 @@ def workdir_name(system: System) -> str:
         parts.insert(0, os.path.splitext(os.path.basename(system.config))[0])
     if system.step_scale != 1:
         parts.append(f"steps_x{system.step_scale}")
+    if system.evals:
+        parts.append(f"evals{system.evals}")
     return "-".join(parts) or "plain"
 
 
