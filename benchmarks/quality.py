@@ -127,18 +127,17 @@ CHOICES = (
     # The recipe's soft_dice+bce adds per-pixel BCE only with a pixel_bce_weight (0 by default).
     Piece("loss + per-pixel BCE (weight 0.5)", _override("--config.pixel_bce_weight=0.5")),
     Piece("loss focal Tversky", _override("--config.loss=examples.focal_tversky:focal_tversky")),
-    Piece("augmentation on (no flip)", _override("--config.augment.enabled=true")),
+    Piece("augmentation off", _override("--config.augment.enabled=false")),
     Piece("input 128x176", _override("--config.image_size=128,176")),
     Piece("base features 24", _override("--config.model.base_features=24")),
     Piece("learning rate 1e-3", _override("--config.learning_rate=1e-3")),
     Piece("constant learning rate", _override("--config.lr_schedule=constant")),
     Piece("twice the steps", lambda s: dataclasses.replace(s, step_scale=2)),
-    Piece("augmentation on, 4x the steps", lambda s: dataclasses.replace(
-        _override("--config.augment.enabled=true")(s), step_scale=4)),
+    Piece("4x the steps", lambda s: dataclasses.replace(s, step_scale=4)),
     # configs/cpu.py as it is (16-frame batches: 1600 steps at --steps 400), then tune.
-    Piece("CPU recipe: configs/cpu.py (augmentation, 4x the steps, best of 8 evaluations), "
-          "tuned", lambda s: dataclasses.replace(s, config="configs/cpu.py", step_scale=4,
-                                                 evals=8, tuned=True)),
+    Piece("CPU recipe: configs/cpu.py (4x the steps, best of 8 evaluations), tuned",
+          lambda s: dataclasses.replace(s, config="configs/cpu.py", step_scale=4, evals=8,
+                                        tuned=True)),
 )
 
 
@@ -289,9 +288,18 @@ def _local_file(ref: str, unpacked: str) -> str:
 # --- Training and scoring -------------------------------------------------------------------
 
 def run_dir(args) -> str:
+    """Where the rows of this recipe are cached: named by --config, --image-size, --steps and
+    what --config holds, so that a changed config or default never reuses another's models."""
     config = os.path.splitext(os.path.basename(args.config))[0]
     size = args.image_size.replace(",", "x")
-    return os.path.join(args.out, data_name(args), f"{config}_{size}_steps{args.steps}")
+    return os.path.join(args.out, data_name(args),
+                        f"{config}_{size}_steps{args.steps}_{recipe_fingerprint(args)}")
+
+
+def recipe_fingerprint(args) -> str:
+    config = config_util.load_config_file(args.config)
+    config_util.apply_overrides(config, [f"--config.image_size={args.image_size}"])
+    return hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:8]
 
 
 def base_config(args, split: Split, system: System = System()):

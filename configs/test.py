@@ -15,6 +15,7 @@ def get_config():
     config.lr_schedule = "constant"
     config.warmup_steps = 0
     config.dice_smooth = 1.0
+    config.augment.enabled = False  # Tests that augment switch it on; the goldens train without.
     config.num_train_steps = 3
     config.log_every_steps = 1
     config.eval_every_steps = 1000

@@ -2,13 +2,14 @@
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from benchmarks import quality
-from nerve_jax import rle
+from nerve_jax import config_util, rle
 from nerve_jax.data import kaggle
 
 
@@ -64,16 +65,38 @@ def test_each_choice_changes_one_thing_and_trains_on_as_many_images(tmp_path):
         config = quality.base_config(args, split, system)
         images = config.num_train_steps * config.batch_size
         assert images == 400 * 16 * system.step_scale
-        assert config.eval_every_steps == config.num_train_steps // 2
+        assert config.eval_every_steps == config.num_train_steps // (system.evals or 2)
         if piece.name.startswith("starter"):
             assert tuple(config.image_size) == (96, 96) and config.model.norm == "none"
             assert config.learning_rate == float(piece.name.split("Adam ")[1].split(" ")[0])
             continue
+        if piece.name.startswith("CPU recipe"):  # configs/cpu.py as shipped, then tuned.
+            shipped = config_util.load_config_file("configs/cpu.py")
+            shipped.kaggle_dir, shipped.tfds_data_dir = config.kaggle_dir, config.tfds_data_dir
+            shipped.log_every_steps = config.log_every_steps  # The benchmark logs at evaluations.
+            assert config.to_dict() == shipped.to_dict() and system.tuned
+            continue
         changed = {k for k, v in config.to_dict().items() if v != recipe_fields[k]}
         changed -= {"num_train_steps", "eval_every_steps", "log_every_steps"}
-        assert len(changed) <= 1 and (changed or system.tuned or system.step_scale == 2)
+        assert len(changed) <= 1 and (changed or system.tuned or system.step_scale > 1)
     assert quality.System().key() == (  # Results cached before the config and step fields.
         '{"folds": 1, "overrides": [], "tta": "none", "tuned": false}')
+
+
+def test_results_of_another_recipe_are_never_reused(tmp_path):
+    """The cache folder follows what --config holds, not only its name."""
+    args = quality.parse_args(["--config", "configs/quickstart.py", "--steps", "400",
+                               "--image-size", "96,128", "--out", str(tmp_path)])
+    changed = tmp_path / "quickstart.py"
+    changed.write_text(open("configs/quickstart.py").read().replace(
+        "return config", "config.augment.enabled = not config.augment.enabled\n    return config"))
+    other = quality.parse_args(["--config", str(changed), "--steps", "400",
+                                "--image-size", "96,128", "--out", str(tmp_path)])
+    assert quality.run_dir(args) == quality.run_dir(quality.parse_args(
+        ["--config", "configs/quickstart.py", "--steps", "400", "--image-size", "96,128",
+         "--out", str(tmp_path)]))
+    assert quality.run_dir(args) != quality.run_dir(other)
+    assert os.path.basename(quality.run_dir(args)).startswith("quickstart_96x128_steps400_")
 
 
 # --- --kaggle-dir: out-of-fold scoring of a user's own download ----------------------------
