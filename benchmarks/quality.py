@@ -162,6 +162,9 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, default=2,
                    help="training seeds per row (config.seed 0..N-1); a row's Dice is their mean")
     p.add_argument("--evals", type=int, default=4, help="validations per training run")
+    p.add_argument("--tune-workers", type=int, default=os.cpu_count() or 1,
+                   help="processes for `tune` (default: one per core; each starts TensorFlow, "
+                        "so on a few frames 1 is quicker)")
     p.add_argument("--config", default=os.path.join(REPO, "configs", "quickstart.py"))
     p.add_argument("--out", default=os.path.join(REPO, "runs", "quality"))
     p.add_argument("--extensions", action="store_true",
@@ -363,7 +366,8 @@ def score_submission(path: str, truth: dict[int, str]) -> np.ndarray:
     return np.asarray(metrics.dice_per_image(preds, truths))
 
 
-def score_models(split: Split, system: System, workdirs: list[str]) -> np.ndarray:
+def score_models(split: Split, system: System, workdirs: list[str],
+                 tune_workers: int) -> np.ndarray:
     """Tunes (if the system does) and predicts with `workdirs` like a user would; per test
     image Dice."""
     for workdir in workdirs:  # A row without tuning predicts with the config's values.
@@ -372,7 +376,7 @@ def score_models(split: Split, system: System, workdirs: list[str]) -> np.ndarra
     if system.tuned:
         for workdir in workdirs:
             inference.write_heldout_predictions(workdir, system.tta)
-        tune.tune(workdirs, workers=os.cpu_count() or 1)
+        tune.tune(workdirs, workers=tune_workers)
     digest = hashlib.sha1(system.key().encode()).hexdigest()[:10]
     out = os.path.join(os.path.dirname(workdirs[0]), f"submission_{digest}.csv")
     inference.predict(workdirs, out, os.path.join(split.data, "test"), system.tta)
@@ -389,7 +393,7 @@ def run_system(args, splits: list[Split], system: System) -> dict:
         for split in splits:
             workdirs = [train_workdir(args, split, system, seed, fold, timings)
                         for fold in range(system.folds)]
-            scores.append(score_models(split, system, workdirs))
+            scores.append(score_models(split, system, workdirs, args.tune_workers))
             params.append(postprocess.load(workdirs[0])[0].describe() if system.tuned
                           else "config")
         per_seed.append(np.concatenate(scores))

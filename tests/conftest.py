@@ -37,7 +37,9 @@ TEST_CONFIG = os.path.join(REPO, "configs", "test.py")
 # around them instead of one long file starting last.
 LONGEST_FILES = ("test_multiprocess.py", "test_fault_tolerance.py", "test_gcs.py",
                  "test_quality_benchmark.py", "test_device_check.py", "test_notebook.py",
-                 "test_aot.py", "test_install.py", "test_colab_install.py")
+                 "test_aot.py", "test_tune.py", "test_install.py", "test_colab_install.py",
+                 "test_inference.py", "test_train.py", "test_examples.py", "test_bf16.py",
+                 "test_research_api.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -1,6 +1,7 @@
 """The pieces of benchmarks/quality.py that decide its table: scoring, changes, the rows."""
 
 import csv
+import functools
 import json
 import os
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from benchmarks import quality
 from nerve_jax import config_util, rle
 from nerve_jax.data import kaggle
+from nerve_jax.submit import tune
 
 
 def _mask(top, left, size=20):
@@ -175,9 +177,12 @@ def test_kaggle_dir_ablation_runs_end_to_end_out_of_fold(own_download, tmp_path,
     pieces = [p for p in quality.PIECES if p.name in ("tuned post-processing", "2-fold ensemble")]
     assert len(pieces) == 2
     monkeypatch.setattr(quality, "PIECES", tuple(pieces))
+    small = tune.Grid(thresholds=(0.3, 0.5), min_component_areas=(0, 500), min_mask_areas=(0,),
+                      presence_thresholds=(0.5,))  # The tuning path, not the full search.
+    monkeypatch.setattr(tune, "tune", functools.partial(tune.tune, grid=small))
     quality.main(["--kaggle-dir", str(own_download), "--outer-folds", "2",
                   "--config", "configs/test.py", "--image-size", "32,48", "--steps", "4",
-                  "--seeds", "1", "--evals", "1", "--out", str(tmp_path)])
+                  "--seeds", "1", "--evals", "1", "--tune-workers", "1", "--out", str(tmp_path)])
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     masks = _masks_by_frame(own_download)
     assert record["images"] == len(masks) == 60

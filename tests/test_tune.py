@@ -277,9 +277,11 @@ def test_tune_refuses_bad_input(two_folds, tmp_path, capsys):
         f.write("not an npz")
     with pytest.raises(UserError, match="unreadable held-out predictions"):
         tune.tune([copy], write=False)
-    result = tune.tune([workdir], write=False)
+    grid = tune.Grid(thresholds=(0.3, 0.5), min_component_areas=(0, 100), min_mask_areas=(0,),
+                     presence_thresholds=(0.5,))
+    result = tune.tune([workdir], grid, write=False)
     assert result["leave_one_fold_out_dice"] is None and result["files"] == []
-    in_two_processes = tune.tune([workdir], write=False, workers=2, chunk=2)
+    in_two_processes = tune.tune([workdir], grid, write=False, workers=2, chunk=2)
     assert in_two_processes["heldout_dice"] == result["heldout_dice"]
     assert not os.path.exists(os.path.join(workdir, postprocess.POSTPROCESS_FILE))
 
