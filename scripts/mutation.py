@@ -68,12 +68,14 @@ def rank_marked_tests_last(seconds: float = 60.0) -> None:
 
 
 def sample(results: dict, per_module: int, seed: int, modules: list[str]) -> list[str]:
-    rng = random.Random(seed)
+    """Each module's sample from its own seeded generator: it does not change when modules are
+    added, removed or renamed around it, and a smaller sample is the start of a larger one."""
     names = []
     for module, codes in results.items():
         if modules and module not in modules:
             continue
         keys = sorted(codes)
+        rng = random.Random(f"{seed}:{module}")
         names += keys if per_module <= 0 else rng.sample(keys, min(per_module, len(keys)))
     return names
 
