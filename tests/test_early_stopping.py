@@ -29,7 +29,9 @@ def test_a_restart_remembers_the_best_dice_and_its_step(tmp_path):
 
 
 @pytest.mark.slow
-def test_training_stops_when_validation_dice_stalls(test_config, tiny_kaggle_dir, tmp_path):
+@pytest.mark.mutation  # The only test of the protocol's run that reaches train._early_stop.
+def test_training_stops_when_validation_dice_stalls(test_config, tiny_kaggle_dir, tmp_path,
+                                                    capsys):
     config = test_config()
     config.kaggle_dir = tiny_kaggle_dir
     config.tfds_data_dir = str(tmp_path / "tfds")
@@ -47,3 +49,9 @@ def test_training_stops_when_validation_dice_stalls(test_config, tiny_kaggle_dir
     evaluated = [r["step"] for r in records if "val_dice" in r]
     assert evaluated == [2, 4, 6]
     assert records[-1] == {"step": 6, "early_stopped": 1.0}
+    with open(os.path.join(workdir, train.EARLY_STOP_FILE)) as f:  # what a restart reads
+        stopped = json.load(f)
+    first_dice = next(r["val_dice"] for r in records if "val_dice" in r)
+    assert stopped == {"step": 6, "best_step": 2, "best_dice": pytest.approx(first_dice),
+                       "patience": 2, "total_steps": 12}
+    assert "early stopping at step 6: no better validation Dice than" in capsys.readouterr().out
