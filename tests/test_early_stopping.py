@@ -15,6 +15,8 @@ def test_patience_counts_evaluations_since_the_best():
     assert not train.patience_exhausted(30, best, patience=0, eval_every_steps=10)
     assert not train.patience_exhausted(20, best, patience=2, eval_every_steps=10)
     assert train.patience_exhausted(30, best, patience=2, eval_every_steps=10)
+    assert not train.patience_exhausted(10, best, patience=1, eval_every_steps=10)
+    assert train.patience_exhausted(20, best, patience=1, eval_every_steps=10)  # the smallest
     assert not train.patience_exhausted(30, train.BestSoFar(float("-inf"), -1), 2, 10)
 
 
