@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Sets up .venv if needed and runs the whole test suite (8 forced CPU devices; see tests/conftest.py)
-# in one pytest worker per core and one more, at most 4 (each holds JAX and TensorFlow: ~2.5 GB; the
-# extra one fills the CPU while another waits on pip or a server), a test file's tests in the same
-# worker; the 15 slowest tests are listed at the end. `-n 0` after it runs everything in this process.
+# in one pytest worker per core, at most 4 (each holds JAX and TensorFlow: ~2.5 GB, and builds the
+# session's fixtures again: a worker more than cores cost more CPU than it filled), a test file's
+# tests in the same worker; the 15 slowest tests are listed at the end. `-n 0` after it runs
+# everything in this process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_venv.sh
 export TF_CPP_MIN_LOG_LEVEL=2
-workers=$(.venv/bin/python -c "import os; print(min(4, len(os.sched_getaffinity(0)) + 1))")
+workers=$(.venv/bin/python -c "import os; print(min(4, len(os.sched_getaffinity(0))))")
 exec .venv/bin/python -m pytest -q -n "$workers" --dist loadfile --durations=15 "$@"
