@@ -48,12 +48,12 @@ def test_training_stops_when_validation_dice_stalls(test_config, tiny_kaggle_dir
     train.train_and_evaluate(config, workdir)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]
-    evaluated = [r["step"] for r in records if "val_dice" in r]
-    assert evaluated == [2, 4, 6]
+    evaluations = [r for r in records if "val_dice" in r]
+    assert [r["step"] for r in evaluations] == [2, 4, 6]
     assert records[-1] == {"step": 6, "early_stopped": 1.0}
     with open(os.path.join(workdir, train.EARLY_STOP_FILE)) as f:  # what a restart reads
         stopped = json.load(f)
-    first_dice = next(r["val_dice"] for r in records if "val_dice" in r)
-    assert stopped == {"step": 6, "best_step": 2, "best_dice": pytest.approx(first_dice),
+    assert stopped == {"step": 6, "best_step": 2,
+                       "best_dice": pytest.approx(evaluations[0]["val_dice"]),
                        "patience": 2, "total_steps": 12}
     assert "early stopping at step 6: no better validation Dice than" in capsys.readouterr().out
