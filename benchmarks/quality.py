@@ -83,6 +83,7 @@ class System:
 class Piece:
     name: str
     add: callable  # System -> System
+    against: str = ""  # --choices: the row (a CHOICES name) its change is paired with; "": recipe.
 
 
 def _override(*overrides: str):
@@ -119,6 +120,14 @@ def _starter(learning_rate: str):
         "--config.image_size=96,96", f"--config.learning_rate={learning_rate}"))
 
 
+# configs/cpu.py as it is (16-frame batches: 1600 steps at --steps 400), then tune.
+CPU_RECIPE = "CPU recipe: configs/cpu.py (4x the steps, best of 8 evaluations), tuned"
+
+
+def _cpu_recipe(system: System) -> System:
+    return dataclasses.replace(system, config="configs/cpu.py", step_scale=4, evals=8, tuned=True)
+
+
 CHOICES = (
     Piece("starter (Keras U-Net, 96x96), Adam 1e-4", _starter("1e-4")),
     Piece("starter, Adam 1e-3", _starter("1e-3")),
@@ -134,10 +143,10 @@ CHOICES = (
     Piece("constant learning rate", _override("--config.lr_schedule=constant")),
     Piece("twice the steps", lambda s: dataclasses.replace(s, step_scale=2)),
     Piece("4x the steps", lambda s: dataclasses.replace(s, step_scale=4)),
-    # configs/cpu.py as it is (16-frame batches: 1600 steps at --steps 400), then tune.
-    Piece("CPU recipe: configs/cpu.py (4x the steps, best of 8 evaluations), tuned",
-          lambda s: dataclasses.replace(s, config="configs/cpu.py", step_scale=4, evals=8,
-                                        tuned=True)),
+    Piece(CPU_RECIPE, _cpu_recipe),
+    Piece("CPU recipe with base features 24",
+          lambda s: _override("--config.model.base_features=24")(_cpu_recipe(s)),
+          against=CPU_RECIPE),
 )
 
 
@@ -522,14 +531,19 @@ def choice_rows(args, splits: list[Split], results: dict, path: str) -> list[dic
     rows = [{"row": "recipe", "dice": float(np.mean(base["dice"])),
              "seed_dice": base["seed_dice"], "train_seconds": base["train_seconds"]}]
     wanted = [w for w in args.only.split(",") if w]
+    by_name = {piece.name: piece for piece in CHOICES}
     for piece in CHOICES:
         if wanted and not any(w in piece.name for w in wanted):
             continue
         result = cached(args, splits, piece.add(base_system), results, path)
-        change = paired_change(result["dice"], base["dice"])
-        print(format_row(piece.name, result, change), flush=True)
+        against = (cached(args, splits, by_name[piece.against].add(base_system), results, path)
+                   if piece.against else base)
+        change = paired_change(result["dice"], against["dice"])
+        name = f"{piece.name} (change against: {piece.against})" if piece.against else piece.name
+        print(format_row(name, result, change), flush=True)
         rows.append({"row": piece.name, "dice": float(np.mean(result["dice"])),
                      "seed_dice": result["seed_dice"], "change": change[0], "ci95": change[1],
+                     "against": piece.against or "recipe",
                      "train_seconds": result["train_seconds"],
                      "postprocess": result["postprocess"]})
     return rows

@@ -1,6 +1,7 @@
 """The pieces of benchmarks/quality.py that decide its table: scoring, changes, the rows."""
 
 import csv
+import dataclasses
 import functools
 import json
 import os
@@ -62,6 +63,7 @@ def test_each_choice_changes_one_thing_and_trains_on_as_many_images(tmp_path):
     assert (recipe.num_train_steps, recipe.eval_every_steps, recipe.batch_size) == (400, 200, 16)
     assert tuple(recipe.image_size) == (96, 128)
     recipe_fields = recipe.to_dict()
+    by_name = {piece.name: piece for piece in quality.CHOICES}
     for piece in quality.CHOICES:
         system = piece.add(quality.System())
         config = quality.base_config(args, split, system)
@@ -71,6 +73,12 @@ def test_each_choice_changes_one_thing_and_trains_on_as_many_images(tmp_path):
         if piece.name.startswith("starter"):
             assert tuple(config.image_size) == (96, 96) and config.model.norm == "none"
             assert config.learning_rate == float(piece.name.split("Adam ")[1].split(" ")[0])
+            continue
+        if piece.against:  # One field changed against the row it is paired with.
+            against = by_name[piece.against].add(quality.System())
+            assert dataclasses.replace(system, overrides=()) == against
+            other = quality.base_config(args, split, against).to_dict()
+            assert len({k for k, v in config.to_dict().items() if v != other[k]}) == 1
             continue
         if piece.name.startswith("CPU recipe"):  # configs/cpu.py as shipped, then tuned.
             shipped = config_util.load_config_file("configs/cpu.py")
