@@ -22,9 +22,23 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
+import importlib.util  # noqa: E402
+
 import pytest  # noqa: E402
 
 from nerve_jax import runtime  # noqa: E402
+from nerve_jax.runtime import host_malloc  # noqa: E402
+
+# What each child process (the commands end to end, the killed and relaunched runs) would spend
+# before any work, and need not: a nerve-jax command restarts itself once to give its allocator
+# huge pages (host_malloc); the children get that setting from the start instead. And TensorFlow
+# imports all of Keras (with matplotlib) as it starts, unless told to use the legacy tf_keras,
+# whose absence it ignores: nothing in nerve-jax uses Keras. ~1 s of CPU per child together.
+if host_malloc.should_reexec():
+    os.environ["GLIBC_TUNABLES"] = host_malloc.tunables_with_huge_pages(
+        os.environ.get("GLIBC_TUNABLES", ""))
+if importlib.util.find_spec("tf_keras") is None:
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 # The settings the nerve-jax command runs with (XLA:CPU flags among them), before JAX starts.
 runtime.configure()
