@@ -47,8 +47,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_CONFIG = os.path.join(REPO, "configs", "test.py")
 
 # The files that take longest (the 2-core run of docs/testing.md), longest first. pytest-xdist
-# hands out whole files in collection order, so these start first and the short ones fill in
-# around them instead of one long file starting last.
+# hands out whole files in collection order (scripts/test.sh: --no-loadscope-reorder), so these
+# start first and the short ones fill in around them instead of one long file starting last.
 LONGEST_FILES = ("test_multiprocess.py", "test_fault_tolerance.py", "test_gcs.py",
                  "test_quality_benchmark.py", "test_device_check.py", "test_notebook.py",
                  "test_aot.py", "test_tune.py", "test_install.py", "test_colab_install.py",
