@@ -414,7 +414,9 @@ def run_system(args, splits: list[Split], system: System) -> dict:
 
 
 def cached(args, splits: list[Split], system: System, results: dict, path: str) -> dict:
-    if system.key() not in results:
+    """The system's row from `results`, or run (its trained models reused) when it is missing
+    or was scored with another number of seeds."""
+    if len(results.get(system.key(), {}).get("seed_dice", ())) != args.seeds:
         results[system.key()] = run_system(args, splits, system)
         with atomic_open(path) as f:  # An interrupted run keeps the rows it finished.
             json.dump(results, f)

@@ -109,6 +109,22 @@ def test_results_of_another_recipe_are_never_reused(tmp_path):
     assert os.path.basename(quality.run_dir(args)).startswith("quickstart_96x128_steps400_")
 
 
+def test_a_row_scored_with_other_seeds_is_run_again(tmp_path, monkeypatch):
+    """--seeds 2 after --seeds 1: the cached one-seed row is not the answer (the run reuses the
+    models already trained)."""
+    system, path = quality.System(), str(tmp_path / quality.RESULTS_FILE)
+    runs = []
+    monkeypatch.setattr(quality, "run_system", lambda args, splits, s: runs.append(
+        args.seeds) or {"dice": [0.5], "seed_dice": [0.5] * args.seeds})
+    results = {}
+    for seeds in (1, 1, 2, 2):
+        args = quality.parse_args(["--seeds", str(seeds)])
+        assert quality.cached(args, [], system, results, path)["seed_dice"] == [0.5] * seeds
+    assert runs == [1, 2]
+    with open(path) as f:
+        assert len(json.load(f)[system.key()]["seed_dice"]) == 2
+
+
 # --- --kaggle-dir: out-of-fold scoring of a user's own download ----------------------------
 
 def _kaggle_folder(tmp_path_factory, subjects=6, frames=10):
