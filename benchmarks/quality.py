@@ -147,6 +147,9 @@ CHOICES = (
     Piece("CPU recipe with base features 24",
           lambda s: _override("--config.model.base_features=24")(_cpu_recipe(s)),
           against=CPU_RECIPE),
+    Piece("CPU recipe with focal Tversky loss",
+          lambda s: _override("--config.loss=examples.focal_tversky:focal_tversky")(
+              _cpu_recipe(s)), against=CPU_RECIPE),
 )
 
 
