@@ -4,8 +4,7 @@
 # session's fixtures again: a worker more than cores cost more CPU than it filled), a test file's
 # tests in the same worker, the longest files first (tests/conftest.py; pytest-xdist would
 # otherwise start the files with most tests first, and the long files with few tests last);
-# the 15 slowest tests are listed at the end. `-n 0` after it runs
-# everything in this process.
+# the 15 slowest tests are listed at the end. `-n 0` after it runs everything in this process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_venv.sh

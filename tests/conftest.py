@@ -33,7 +33,8 @@ from nerve_jax.runtime import host_malloc  # noqa: E402
 # before any work, and need not: a nerve-jax command restarts itself once to give its allocator
 # huge pages (host_malloc); the children get that setting from the start instead. And TensorFlow
 # imports all of Keras (with matplotlib) as it starts, unless told to use the legacy tf_keras,
-# whose absence it ignores: nothing in nerve-jax uses Keras. ~1 s of CPU per child together.
+# whose absence it ignores: nothing in nerve-jax uses Keras. About 1 s of CPU per child together
+# (docs/testing.md).
 if host_malloc.should_reexec():
     os.environ["GLIBC_TUNABLES"] = host_malloc.tunables_with_huge_pages(
         os.environ.get("GLIBC_TUNABLES", ""))
